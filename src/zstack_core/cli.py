@@ -1,0 +1,145 @@
+"""The ``zstack`` command.
+
+``zstack node start`` runs a management node in the foreground until SIGINT/SIGTERM;
+``zstack plugins [--json]`` lists every installed plugin and what it registers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .node import ManagementNode, NodeStartError
+
+__all__ = ["main"]
+
+
+def _node_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        settings["api.host"] = args.host
+    if getattr(args, "port", None) is not None:
+        settings["api.port"] = args.port
+    if getattr(args, "libvirt_uri", None):
+        settings["node.libvirt_uri"] = args.libvirt_uri
+    kwargs: dict[str, Any] = {"settings": settings}
+    if args.data_dir:
+        kwargs["data_dir"] = args.data_dir
+    if args.config:
+        kwargs["config"] = args.config
+    return kwargs
+
+
+def plugin_report(node: ManagementNode) -> list[dict[str, Any]]:
+    """What each plugin registered, for ``zstack plugins``."""
+    out = []
+    for info in node.plugins.infos.values():
+        name = info.name
+        entry: dict[str, Any] = {
+            "name": name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "module": info.module,
+            "disabled": info.disabled,
+            "hooks": info.hooks,
+            "services": sorted(sid for sid, owner in node.service_owner.items() if owner == name),
+            "apis": sorted(api for api in node.api.registrations if node.api.owner(api) == name),
+            "error_code_prefixes": sorted(p for p, (owner, _) in node.error_spaces.items() if owner == name),
+        }
+        extra = getattr(node, "plugin_report_extra", None)
+        if extra is not None:
+            entry.update(extra(name))
+        if info.error:
+            entry["error"] = info.error
+        out.append(entry)
+    return out
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    node = ManagementNode(**_node_kwargs(args))
+    try:
+        node.inspect()
+    except NodeStartError as exc:
+        print(f"zstack: {exc}", file=sys.stderr)
+        return 2
+    report = plugin_report(node)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    if not report:
+        print("no plugins installed")
+    for p in report:
+        state = " (disabled)" if p["disabled"] else ""
+        print(f"{p['name']}{state}: {p['distribution'] or '-'} {p['version'] or ''}  [{p['module']}]")
+        for key in ("hooks", "services", "apis", "error_code_prefixes", "global_configs", "system_tags"):
+            if p.get(key):
+                print(f"    {key.replace('_', ' ')}: {', '.join(p[key])}")
+    return 0
+
+
+async def _serve(node: ManagementNode) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    serve = getattr(node, "serve_http", None)
+    server_task = asyncio.create_task(serve()) if serve is not None else None
+    print(f"zstack: management node ready ({len(node.services)} services, {len(node.api.registrations)} APIs, "
+          f"data in {node.data_dir})", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        print("zstack: stopping", flush=True)
+        if server_task is not None:
+            server_task.cancel()
+            await asyncio.gather(server_task, return_exceptions=True)
+        await node.stop()
+
+
+def cmd_node_start(args: argparse.Namespace) -> int:
+    node = ManagementNode(**_node_kwargs(args))
+    try:
+        asyncio.run(_serve(node))
+    except NodeStartError as exc:
+        print(f"zstack: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zstack", description="ZStack-style private cloud management node")
+    parser.add_argument("--config", help="path of zstack.toml (default: $ZSTACK_CONFIG or <data-dir>/zstack.toml)")
+    parser.add_argument("--data-dir", help="the node's data directory")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="run a management node").add_subparsers(dest="node_command", required=True)
+    start = node.add_parser("start", help="run a node in the foreground until SIGINT/SIGTERM")
+    start.add_argument("--host", help="address the HTTP API binds (default 127.0.0.1)")
+    start.add_argument("--port", type=int, help="port of the HTTP API")
+    start.add_argument("--libvirt-uri", help="libvirt URI of the default host")
+    start.set_defaults(func=cmd_node_start)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
