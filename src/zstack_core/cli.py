@@ -36,10 +36,12 @@ def _node_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def plugin_report(node: ManagementNode) -> list[dict[str, Any]]:
+def plugin_report(node: ManagementNode, include_builtin: bool = False) -> list[dict[str, Any]]:
     """What each plugin registered, for ``zstack plugins``."""
     out = []
     for info in node.plugins.infos.values():
+        if info.builtin and not include_builtin:
+            continue
         name = info.name
         entry: dict[str, Any] = {
             "name": name,
@@ -51,6 +53,10 @@ def plugin_report(node: ManagementNode) -> list[dict[str, Any]]:
             "services": sorted(sid for sid, owner in node.service_owner.items() if owner == name),
             "apis": sorted(api for api in node.api.registrations if node.api.owner(api) == name),
             "error_code_prefixes": sorted(p for p, (owner, _) in node.error_spaces.items() if owner == name),
+            "global_configs": sorted(f"{c}/{n}" for (c, n), owner in node.configs.owner.items() if owner == name),
+            "system_tags": sorted(key.split(":", 1)[1] for key, owner in node.tags.owner.items() if owner == name),
+            "queryable_resources": sorted(r for r in node.query.resources
+                                          if node.api.owner(f"Query{r}") == name),
         }
         extra = getattr(node, "plugin_report_extra", None)
         if extra is not None:
@@ -68,7 +74,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     except NodeStartError as exc:
         print(f"zstack: {exc}", file=sys.stderr)
         return 2
-    report = plugin_report(node)
+    report = plugin_report(node, include_builtin=args.all)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -129,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.add_argument("--all", action="store_true", help="include the kernel's own plugin (zstack_core)")
     plugins.set_defaults(func=cmd_plugins)
     return parser
 

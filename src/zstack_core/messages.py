@@ -90,6 +90,12 @@ class APIMessage(NeedReplyMessage):
     user_tags: list[str] = attrs.field(factory=list)
     session_uuid: str | None = attrs.field(default=None, eq=False, repr=False, metadata={"json": False})
 
+    @property
+    def account_uuid(self) -> str | None:
+        """The account calling this API (set by the identity layer from the session); None for
+        in-process calls without a session, which act as admin."""
+        return self.headers.get("account_uuid")
+
     @classmethod
     def api_name(cls) -> str:
         return cls.API_NAME or cls.__name__.removeprefix("API").removesuffix("Msg")

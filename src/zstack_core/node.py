@@ -21,15 +21,21 @@ from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import builtin
 from .api import ApiInterceptor, ApiRegistration
 from .bus import CloudBus
+from .db import Database, ModelRegistration, ResourceModel, SchemaError, default_url
 from .errors import ErrorCodeSpace, SysErrors, ZStackError
+from .globalconfig import GlobalConfig, GlobalConfigs
+from .jobs import DatabaseJobStore
 from .flow import FlowChain, FlowContribution
 from .mediator import ApiJob, ApiMediator
 from .messages import APIMessage, MessageReply
 from .plugins import PluginError, PluginManager
 from .properties import CORE_PROPERTIES, ConfigError, GlobalProperty, Properties, load_toml
+from .query import QueryableResource, QueryEngine
 from .service import Service
+from .tags import PatternedSystemTag, SystemTags
 from .taskqueue import TaskQueues
 
 __all__ = ["ManagementNode", "NodeStartError", "SyncManagementNode"]
@@ -84,6 +90,12 @@ class ManagementNode:
         self.error_spaces: dict[str, tuple[str, ErrorCodeSpace]] = {"SYS": ("zstack_core", SysErrors)}
         self.flow_contributions: list[FlowContribution] = []
         self.extensions: dict[str, list[tuple[str, Any]]] = {}
+        self.model_registrations: dict[str, tuple[str, ModelRegistration]] = {}
+        self.db: Database = None  # type: ignore[assignment]  # opened by start()
+        self.configs = GlobalConfigs(None, self.hooks)  # type: ignore[arg-type]
+        self.tags = SystemTags(None)  # type: ignore[arg-type]
+        self.query = QueryEngine(None)  # type: ignore[arg-type]
+        self.resource_models: dict[str, type[ResourceModel]] = {}
         self.state = "Created"
         self._started: list[Service] = []
 
@@ -117,6 +129,8 @@ class ManagementNode:
             raise SysErrors.exc("1014", f"the management node is {self.state}")
 
     def _load_plugins(self, data: dict[str, Any]) -> None:
+        self.plugins.register(builtin, builtin.NAME)
+        self.plugins.infos[builtin.NAME].builtin = True
         disabled = set(self._disabled)
         plugins_table = data.get("plugins", {})
         if isinstance(plugins_table, dict) and isinstance(plugins_table.get("disabled"), list):
@@ -232,16 +246,84 @@ class ManagementNode:
         for name in ("hypervisor_factories", "primary_storage_factories", "ip_allocation_strategies",
                      "security_group_backends", "console_backends", "host_allocator_filters"):
             self.extensions[name] = getattr(self.hooks, name)()
+        for plugin, models in self.hooks.models():
+            if not isinstance(models, ModelRegistration):
+                raise PluginError(f"plugin {plugin!r}: zstack_models must return ModelRegistration objects")
+            if models.name in self.model_registrations:
+                other = self.model_registrations[models.name][0]
+                raise PluginError(f"schema {models.name!r} is claimed by both plugin {other!r} and plugin {plugin!r}")
+            self.model_registrations[models.name] = (plugin, models)
+            for model in models.models:
+                rtype = getattr(model, "RESOURCE_TYPE", "")
+                if rtype:
+                    self.resource_models[rtype] = model  # type: ignore[assignment]
+        configs = self.hooks.global_configs()
+        for plugin, cfg in configs:
+            if not isinstance(cfg, GlobalConfig):
+                raise PluginError(f"plugin {plugin!r}: zstack_global_configs must return GlobalConfig objects")
+        tags = self.hooks.system_tags()
+        for plugin, tag in tags:
+            if not isinstance(tag, PatternedSystemTag):
+                raise PluginError(f"plugin {plugin!r}: zstack_system_tags must return PatternedSystemTag objects")
+        try:
+            self.configs.declare(configs)
+            self.tags.declare(tags)
+        except ValueError as exc:
+            raise PluginError(str(exc)) from None
+        for plugin, resource in self.hooks.queryable_resources():
+            if not isinstance(resource, QueryableResource):
+                raise PluginError(f"plugin {plugin!r}: zstack_queryable_resources must return QueryableResource objects")
+            try:
+                self.query.register(resource)
+                self.api.register(ApiRegistration(message=resource.message_class(), service="query",
+                                                  resource=resource.name,
+                                                  route=("GET", rest_collection(resource.name))), plugin)
+            except ValueError as exc:
+                raise PluginError(str(exc)) from None
         for reg in self.api.registrations.values():
             if reg.service_id not in self.services:
                 raise PluginError(f"API {reg.name} of plugin {self.api.owner(reg.name)!r} is handled by "
                                   f"service {reg.service_id!r}, which no loaded plugin provides")
 
     async def _open_storage(self) -> None:
-        """Open the database and apply declared configs and tags (see :mod:`zstack_core.db`)."""
-        setup = getattr(self, "_setup_persistence", None)
-        if setup is not None:
-            await setup()
+        """Open the database, create or upgrade every plugin's schema, load global configs."""
+        url = self.properties["database.url"] or default_url(self.data_dir)
+        self.db = Database(url)
+        self.configs.db = self.tags.db = self.query.db = self.db
+        registrations = [reg for _, reg in self.model_registrations.values()]
+        try:
+            await self.db.run(self.db.migrate, registrations)
+        except SchemaError as exc:
+            raise NodeStartError(str(exc)) from exc
+        except ZStackError as exc:
+            raise NodeStartError(f"cannot open the database {redact_url(url)}: {exc.error.details}") from exc
+        await self.db.run(self.configs.load_sync)
+        jobs = DatabaseJobStore(self.db)
+        await jobs.fail_running(SysErrors.error("1006", "the management node running this job stopped"))
+        self.api.jobs = jobs
+
+    async def resource_type_of(self, resource_uuid: str) -> str | None:
+        """The type (``Host``, ``VmInstance``...) of the resource with ``resource_uuid``."""
+
+        def find() -> str | None:
+            for rtype, model in self.resource_models.items():
+                if model.select(model.uuid).where(model.uuid == resource_uuid).exists():
+                    return rtype
+            return None
+
+        return await self.db.run(find)
+
+    async def config_chain(self, resource_uuid: str) -> list[str]:
+        """``resource_uuid`` followed by its parents for resource configs (host, cluster, zone)."""
+
+        def chain() -> list[str]:
+            for model in self.resource_models.values():
+                row = model.get_or_none(model.uuid == resource_uuid)
+                if row is not None:
+                    return [resource_uuid, *row.config_parents()]
+            return [resource_uuid]
+
+        return await self.db.run(chain)
 
     async def _unwind(self) -> None:
         for service in reversed(self._started):
@@ -251,12 +333,12 @@ class ManagementNode:
             except Exception:
                 log.exception("service %s failed to stop", service.id)
         self._started.clear()
-        close = getattr(self, "_close_persistence", None)
-        if close is not None:
+        if self.db is not None:
             try:
-                await close()
+                await asyncio.get_running_loop().run_in_executor(None, self.db.close)
             except Exception:
                 log.exception("closing the database failed")
+            self.db = None  # type: ignore[assignment]
 
     async def stop(self) -> None:
         """Stop accepting work, let in-flight work finish, stop services in reverse order."""
@@ -293,7 +375,7 @@ class ManagementNode:
         """Start an API message; long APIs return their job at once."""
         return await self.api.submit(msg)
 
-    async def api_call(self, api_name: str, params: Mapping[str, Any] | None = None, *,
+    async def api_call(self, api_name: str, params: Mapping[str, Any] | None = None, /, *,
                        session_uuid: str | None = None, **kwargs: Any) -> Any:
         """Call ``api_name`` with JSON-like parameters; return the reply or raise ``ZStackError``.
 
@@ -307,6 +389,22 @@ class ManagementNode:
         if reply.error is not None:
             raise ZStackError(reply.error)
         return reply
+
+
+def rest_collection(resource: str) -> str:
+    """``VmInstance`` -> ``/v1/vm-instances``: the REST collection of a resource type."""
+    import re
+
+    words = re.sub(r"(?<!^)(?=[A-Z][a-z])", "-", resource).lower()
+    plural = words + ("es" if words.endswith(("s", "x", "ch", "sh")) else "s")
+    return f"/v1/{plural}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    import re
+
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 class SyncManagementNode:
@@ -363,7 +461,7 @@ class SyncManagementNode:
         assert self.node is not None
         return self._run(self.node.call_api(msg))
 
-    def api_call(self, api_name: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+    def api_call(self, api_name: str, params: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Any:
         assert self.node is not None
         return self._run(self.node.api_call(api_name, params, **kwargs))
 

@@ -24,7 +24,11 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import ErrorCode, SysErrors, ZStackError
+from .api import ApiInterceptor, ApiRegistration
+from .errors import ErrorCode, ErrorCodeSpace, SysErrors, ZStackError
+from .flow import FlowContribution
+from .properties import GlobalProperty
+from .service import Service
 
 __all__ = ["ENTRY_POINT_GROUP", "Hooks", "PluginError", "PluginInfo", "PluginManager"]
 
@@ -50,6 +54,7 @@ class PluginInfo:
     hooks: list[str] = attrs.field(factory=list)
     disabled: bool = False
     error: str | None = None
+    builtin: bool = False
 
     def describe(self) -> str:
         where = f"{self.distribution} {self.version}" if self.distribution else "registered explicitly"
@@ -220,7 +225,7 @@ class Hooks:
             out.append((self._m.plugin_name(impl.plugin), result))
         return out
 
-    def _collect_sync(self, name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+    def _collect_sync(self, name: str, expect: type | tuple[type, ...] = object, **kwargs: Any) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
         for impl in self._impls(name):
             try:
@@ -238,31 +243,36 @@ class Hooks:
             if not isinstance(result, (list, tuple)):
                 info = self._m.info_of(impl.plugin)
                 raise PluginError(f"{info.describe()}: hook {name} must return a list, got {type(result).__name__}")
-            out.extend((self._m.plugin_name(impl.plugin), item) for item in result)
+            for item in result:
+                if not isinstance(item, expect):
+                    info = self._m.info_of(impl.plugin)
+                    kinds = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+                    raise PluginError(f"{info.describe()}: hook {name} must return {kinds} objects, got {item!r}")
+                out.append((self._m.plugin_name(impl.plugin), item))
         return out
 
     # -- registration hooks (sync, asked once) ------------------------------------------------
 
     def services(self, node: Any) -> list[tuple[str, Any]]:
-        return self._collect_sync("zstack_services", node=node)
+        return self._collect_sync("zstack_services", Service, node=node)
 
     def api_messages(self) -> list[tuple[str, Any]]:
-        return self._collect_sync("zstack_api_messages")
+        return self._collect_sync("zstack_api_messages", ApiRegistration)
 
     def api_interceptors(self) -> list[tuple[str, Any]]:
-        return self._collect_sync("zstack_api_interceptors")
+        return self._collect_sync("zstack_api_interceptors", ApiInterceptor)
 
     def error_codes(self) -> list[tuple[str, Any]]:
-        return self._collect_sync("zstack_error_codes")
+        return self._collect_sync("zstack_error_codes", ErrorCodeSpace)
 
     def flows(self) -> list[tuple[str, Any]]:
-        return self._collect_sync("zstack_flows")
+        return self._collect_sync("zstack_flows", FlowContribution)
 
     def models(self) -> list[tuple[str, Any]]:
         return self._collect_sync("zstack_models")
 
     def global_properties(self) -> list[tuple[str, Any]]:
-        return self._collect_sync("zstack_global_properties")
+        return self._collect_sync("zstack_global_properties", GlobalProperty)
 
     def global_configs(self) -> list[tuple[str, Any]]:
         return self._collect_sync("zstack_global_configs")
@@ -293,7 +303,7 @@ class Hooks:
 
     # -- extension points that may refuse (exceptions propagate) -----------------------------
 
-    async def call(self, name: str, **kwargs: Any) -> list[Any]:
+    async def call(self, name: str, /, **kwargs: Any) -> list[Any]:
         """Run every implementation of ``name``; the first failure propagates.
 
         For hooks whose callers need their results (``zstack_host_reserved_capacity``) or whose
@@ -301,7 +311,7 @@ class Hooks:
         """
         return [r for _, r in await self._run(name, kwargs)]
 
-    async def notify(self, name: str, **kwargs: Any) -> None:
+    async def notify(self, name: str, /, **kwargs: Any) -> None:
         """Run every implementation of ``name``, logging failures: for ``after``/``failed``
         hooks, where the operation has already happened."""
         await self._run(name, kwargs, notify=True)

@@ -1,0 +1,277 @@
+"""The database: peewee models of every plugin, their migrations, and I/O off the event loop.
+
+One database per cluster of nodes: an SQLite file under the data directory by default (WAL mode,
+one process), PostgreSQL or MySQL/MariaDB by URL when several nodes share it. Plugins contribute
+models and numbered migrations through ``zstack_models``; at start-up each plugin's schema is
+created or upgraded and its version recorded in ``schema_version``. A database written by a newer
+version of a plugin stops start-up instead of being damaged.
+
+Every query runs in :class:`Database`'s worker threads (``await db.run(fn)``), never on the event
+loop thread. SQLite gets a single worker, so writers never contend for its one lock; servers get
+a small pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import peewee
+from playhouse import db_url
+from playhouse.migrate import SchemaMigrator
+
+from .errors import ErrorCode, SysErrors, ZStackError
+
+__all__ = [
+    "Database",
+    "Migration",
+    "ModelRegistration",
+    "ResourceModel",
+    "SchemaError",
+    "database_proxy",
+    "new_uuid",
+    "utcnow",
+]
+
+log = logging.getLogger("zstack.db")
+T = TypeVar("T")
+
+database_proxy = peewee.DatabaseProxy()
+"""Every model's ``Meta.database``; bound to the node's database when it starts."""
+
+
+def new_uuid() -> str:
+    """A resource UUID as ZStack writes them: 32 hex digits, no dashes."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+class BaseModel(peewee.Model):
+    INVENTORY: ClassVar[type[Any] | None] = None
+
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+    def to_inventory(self) -> Any:
+        """The row as its ``INVENTORY`` class (fields of the same name are copied)."""
+        inv = type(self).INVENTORY
+        if inv is None:
+            raise TypeError(f"{type(self).__name__} has no INVENTORY class")
+        data = self.__data__
+        values = {a.name: data[a.name] for a in attrs.fields(inv) if a.name in data}
+        return inv(**values)
+
+
+class ResourceModel(BaseModel):
+    """A resource row: UUID primary key and created/updated timestamps.
+
+    ``INVENTORY`` is the attrs class APIs return for it and ``RESOURCE_TYPE`` its name in
+    system tags, resource configs and queries (``VmInstance``). Convert with
+    :meth:`to_inventory`; APIs never return rows.
+    """
+
+    RESOURCE_TYPE: ClassVar[str] = ""
+
+    uuid = peewee.CharField(primary_key=True, max_length=32, default=new_uuid)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    def save(self, *args: Any, **kwargs: Any) -> int:
+        self.updated_at = utcnow()
+        return super().save(*args, **kwargs)
+
+    def config_parents(self) -> list[str]:
+        """UUIDs whose resource configs this resource inherits, nearest first (a host returns
+        its cluster and zone)."""
+        return []
+
+
+class SchemaVersion(BaseModel):
+    """The schema version of each plugin's models in this database."""
+
+    plugin = peewee.CharField(primary_key=True, max_length=128)
+    version = peewee.IntegerField()
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "schema_version"
+
+
+@attrs.frozen(kw_only=True)
+class Migration:
+    """Upgrade a plugin's schema to ``version``. ``apply(migrator, db)`` gets a peewee
+    :class:`~playhouse.migrate.SchemaMigrator` and runs inside a transaction where the database
+    supports transactional DDL."""
+
+    version: int
+    apply: Callable[[SchemaMigrator, peewee.Database], None]
+    description: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class ModelRegistration:
+    """A plugin's models and migrations, returned from ``zstack_models``.
+
+    ``name`` identifies the schema (usually the plugin name). On a new database the models are
+    created as they are now and the schema is recorded at ``version``; on an older one the
+    migrations above its recorded version run in order. ``version`` is 1 plus the migrations.
+    """
+
+    name: str
+    models: Sequence[type[BaseModel]]
+    migrations: Sequence[Migration] = ()
+
+    @property
+    def version(self) -> int:
+        return max([1, *(m.version for m in self.migrations)])
+
+
+class SchemaError(Exception):
+    """The database's schema cannot be used by this node (written by a newer version, or a
+    migration failed)."""
+
+
+class Database:
+    """The node's database connection and the threads it is used from."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.db: peewee.Database = peewee.SqliteDatabase(
+                _sqlite_path(url),
+                pragmas={"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1, "busy_timeout": 10000},
+                check_same_thread=False,
+            )
+        else:
+            self.db = db_url.connect(url)
+        workers = 1 if self.is_sqlite else 8
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zstack-db")
+
+    # -- running work off the loop ------------------------------------------------------------
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the calling thread (only from a database worker thread or a script)."""
+        return fn(*args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a database thread and return its result.
+
+        Database errors become ``SYS.1006`` (or ``SYS.1015`` for a unique-key clash) with the
+        driver's message, so callers see an ErrorCode, never a driver exception.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._call, fn, args)
+        except peewee.IntegrityError as exc:
+            raise SysErrors.exc("1015", f"database constraint: {exc}") from exc
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            raise SysErrors.exc("1006", f"database unavailable: {exc}") from exc
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self.db.is_closed():
+            self.db.connect(reuse_if_open=True)
+        return fn(*args)
+
+    async def atomic(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in one transaction in a database thread."""
+
+        def tx() -> T:
+            with self.db.atomic():
+                return fn(*args)
+
+        return await self.run(tx)
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def migrate(self, registrations: Iterable[ModelRegistration]) -> dict[str, tuple[int, int]]:
+        """Create or upgrade every registration's schema (runs in a database thread).
+
+        Returns ``{name: (version before, version after)}``; 0 means the schema was new.
+        """
+        database_proxy.initialize(self.db)
+        done: dict[str, tuple[int, int]] = {}
+        with self.db.connection_context() if self.db.is_closed() else _nullcontext():
+            self.db.create_tables([SchemaVersion], safe=True)
+            for reg in registrations:
+                row = SchemaVersion.get_or_none(SchemaVersion.plugin == reg.name)
+                current = row.version if row else 0
+                target = reg.version
+                if current > target:
+                    raise SchemaError(
+                        f"the database schema of {reg.name!r} is at version {current}, newer than this "
+                        f"node's {target}: upgrade the {reg.name} plugin before starting this node")
+                if current == target:
+                    self.db.create_tables(list(reg.models), safe=True)  # a model added without a migration
+                    done[reg.name] = (current, current)
+                    continue
+                try:
+                    with self.db.atomic():
+                        if current == 0:
+                            self.db.create_tables(list(reg.models), safe=True)
+                        else:
+                            migrator = SchemaMigrator.from_database(self.db)
+                            for m in sorted(reg.migrations, key=lambda m: m.version):
+                                if current < m.version <= target:
+                                    log.info("migrating %s to version %d: %s", reg.name, m.version, m.description)
+                                    m.apply(migrator, self.db)
+                            self.db.create_tables(list(reg.models), safe=True)
+                        SchemaVersion.replace(plugin=reg.name, version=target, updated_at=utcnow()).execute()
+                except SchemaError:
+                    raise
+                except Exception as exc:
+                    raise SchemaError(f"migrating {reg.name!r} from version {current} to {target} failed: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+                done[reg.name] = (current, target)
+        return done
+
+    def schema_versions(self) -> dict[str, int]:
+        return {r.plugin: r.version for r in SchemaVersion.select()}
+
+    def close(self) -> None:
+        def close_conn() -> None:
+            if not self.db.is_closed():
+                self.db.close()
+
+        try:
+            self._executor.submit(close_conn).result(10)
+        finally:
+            self._executor.shutdown(wait=True)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _sqlite_path(url: str) -> str:
+    # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory:
+    rest = url.split("://", 1)[1]
+    if rest.startswith("/"):
+        rest = rest[1:]
+    return rest or ":memory:"
+
+
+def default_url(data_dir: Path) -> str:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(data_dir / 'zstack.db').resolve()}"
+
+
+def db_error(exc: BaseException) -> ErrorCode:
+    if isinstance(exc, ZStackError):
+        return exc.error
+    return SysErrors.error("1006", f"database: {type(exc).__name__}: {exc}")

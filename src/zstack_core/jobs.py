@@ -1,0 +1,84 @@
+"""API jobs kept in the database, so a long API's outcome survives a node restart."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import peewee
+
+from .db import BaseModel, Database, utcnow
+from .errors import ErrorCode
+from .mediator import ApiJob, JobStore
+
+__all__ = ["ApiJobVO", "DatabaseJobStore"]
+
+
+class ApiJobVO(BaseModel):
+    id = peewee.CharField(primary_key=True, max_length=32)
+    api_name = peewee.CharField(max_length=128)
+    state = peewee.CharField(max_length=16, index=True)
+    progress = peewee.IntegerField(null=True)
+    result = peewee.TextField(null=True)
+    error = peewee.TextField(null=True)
+    account_uuid = peewee.CharField(max_length=32, null=True)
+    node_uuid = peewee.CharField(max_length=32, null=True, index=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    finished_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "api_job"
+
+
+def _ts(value: float | None) -> datetime.datetime | None:
+    return None if value is None else datetime.datetime.fromtimestamp(value, datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _epoch(value: datetime.datetime | None) -> float | None:
+    return None if value is None else value.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+class DatabaseJobStore(JobStore):
+    def __init__(self, db: Database, node_uuid: str | None = None) -> None:
+        super().__init__()
+        self.db = db
+        self.node_uuid = node_uuid
+
+    def _row(self, job: ApiJob) -> dict[str, object]:
+        return {
+            "id": job.id, "api_name": job.api_name, "state": job.state, "progress": job.progress,
+            "result": None if job.result is None else json.dumps(job.result, default=str),
+            "error": None if job.error is None else json.dumps(job.error.to_dict()),
+            "account_uuid": job.account_uuid, "node_uuid": self.node_uuid,
+            "created_at": _ts(job.created_at), "finished_at": _ts(job.finished_at),
+        }
+
+    async def create(self, job: ApiJob) -> None:
+        await self.db.run(lambda: ApiJobVO.insert(**self._row(job)).execute())
+
+    async def update(self, job: ApiJob) -> None:
+        await self.db.run(lambda: ApiJobVO.replace(**self._row(job)).execute())
+
+    async def get(self, job_id: str) -> ApiJob | None:
+        row = await self.db.run(lambda: ApiJobVO.get_or_none(ApiJobVO.id == job_id))
+        if row is None:
+            return None
+        return ApiJob(
+            id=row.id, api_name=row.api_name, state=row.state, progress=row.progress,
+            result=None if row.result is None else json.loads(row.result),
+            error=None if row.error is None else ErrorCode.from_dict(json.loads(row.error)),
+            account_uuid=row.account_uuid, created_at=_epoch(row.created_at) or 0.0,
+            finished_at=_epoch(row.finished_at),
+        )
+
+    async def fail_running(self, error: ErrorCode, node_uuid: str | None = None) -> int:
+        """Jobs left Running by a node that is gone end Failed with ``error``, never stuck."""
+
+        def fail() -> int:
+            q = ApiJobVO.update(state="Failed", error=json.dumps(error.to_dict()), finished_at=utcnow()).where(
+                ApiJobVO.state == "Running")
+            if node_uuid is not None:
+                q = q.where(ApiJobVO.node_uuid == node_uuid)
+            return int(q.execute())
+
+        return await self.db.run(fail)
