@@ -18,7 +18,7 @@ import logging
 import os
 import types
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import pluggy
@@ -29,6 +29,17 @@ from .errors import ErrorCode, ErrorCodeSpace, SysErrors, ZStackError
 from .flow import FlowContribution
 from .properties import GlobalProperty
 from .service import Service
+
+if TYPE_CHECKING:
+    from .header import (
+        HostInventory,
+        HostReservedCapacity,
+        L2NetworkInventory,
+        VmInstanceInventory,
+        VmInstanceSpec,
+        VmNicInventory,
+        VolumeInventory,
+    )
 
 __all__ = ["ENTRY_POINT_GROUP", "Hooks", "PluginError", "PluginInfo", "PluginManager"]
 
@@ -336,6 +347,186 @@ class Hooks:
 
     async def cascade(self, action: Any) -> None:
         await self.call("zstack_cascade", action=action)
+
+    # Extension points, one typed method each (generated from hookspecs.py; tests check they stay
+    # in step). ``before``/check hooks propagate the first refusal; ``after``/``failed`` hooks
+    # and releases only log failures, since the operation has already happened.
+
+    async def host_after_add(self, host: HostInventory) -> None:
+        """A host was added and connected for the first time."""
+        await self.notify("zstack_host_after_add", host=host)
+
+    async def host_after_delete(self, host: HostInventory) -> None:
+        """``host`` was deleted."""
+        await self.notify("zstack_host_after_delete", host=host)
+
+    async def host_before_add(self, host: HostInventory) -> None:
+        """A host is about to be added; raise ``ZStackError`` to refuse."""
+        await self.call("zstack_host_before_add", host=host)
+
+    async def host_before_delete(self, host: HostInventory) -> None:
+        """``host`` is about to be deleted; raise to refuse."""
+        await self.call("zstack_host_before_delete", host=host)
+
+    async def host_connected(self, host: HostInventory, first_time: bool) -> None:
+        """A host connected or reconnected (the seed's ``KVMHostConnectExtensionPoint``)."""
+        await self.call("zstack_host_connected", host=host, first_time=first_time)
+
+    async def host_disconnected(self, host: HostInventory, reason: ErrorCode) -> None:
+        """The node lost a host (ping failed, connection closed)."""
+        await self.notify("zstack_host_disconnected", host=host, reason=reason)
+
+    async def host_maintenance_policy(self, host: HostInventory, vm_uuids: list[str]) -> list[dict[str, str] | None]:
+        """How to clear ``host`` of VMs when it enters maintenance: ``{vm_uuid: "migrate"|"stop"}``."""
+        return await self.call("zstack_host_maintenance_policy", host=host, vm_uuids=vm_uuids)
+
+    async def host_ping(self, host: HostInventory) -> None:
+        """Called on each successful ping of ``host``; raise ``ZStackError`` to report it unhealthy."""
+        await self.call("zstack_host_ping", host=host)
+
+    async def host_reserved_capacity(self, host: HostInventory) -> list[HostReservedCapacity | None]:
+        """Capacity to hold back on ``host`` (the seed's ``HostReservedCapacityExtensionPoint``)."""
+        return await self.call("zstack_host_reserved_capacity", host=host)
+
+    async def l2_realize_on_host(self, l2: L2NetworkInventory, host: HostInventory) -> None:
+        """Make ``l2`` exist on ``host`` (create its bridge), when the host connects or the network"""
+        await self.call("zstack_l2_realize_on_host", l2=l2, host=host)
+
+    async def network_services_apply(self, spec: VmInstanceSpec) -> None:
+        """Apply network services (DHCP, DNS, security groups) for the VM's NICs before it starts."""
+        await self.call("zstack_network_services_apply", spec=spec)
+
+    async def network_services_release(self, spec: VmInstanceSpec) -> None:
+        """Release the VM's network services (DHCP entries, rules) when it stops or goes away."""
+        await self.notify("zstack_network_services_release", spec=spec)
+
+    async def node_join(self, node_uuid: str) -> None:
+        """Another management node joined the cluster (the seed's ``ManagementNodeChangeListener``)."""
+        await self.notify("zstack_node_join", node_uuid=node_uuid)
+
+    async def node_left(self, node_uuid: str) -> None:
+        """A management node left or was found dead; its resources now belong to the survivors."""
+        await self.notify("zstack_node_left", node_uuid=node_uuid)
+
+    async def vm_after_attach_nic(self, vm: VmInstanceInventory, nic: VmNicInventory) -> None:
+        """``nic`` was attached to ``vm``."""
+        await self.notify("zstack_vm_after_attach_nic", vm=vm, nic=nic)
+
+    async def vm_after_attach_volume(self, vm: VmInstanceInventory, volume: VolumeInventory) -> None:
+        """``volume`` was attached to ``vm``."""
+        await self.notify("zstack_vm_after_attach_volume", vm=vm, volume=volume)
+
+    async def vm_after_destroy(self, vm: VmInstanceInventory) -> None:
+        """``vm`` was destroyed (it can still be recovered until expunged)."""
+        await self.notify("zstack_vm_after_destroy", vm=vm)
+
+    async def vm_after_detach_nic(self, vm: VmInstanceInventory, nic: VmNicInventory) -> None:
+        """``nic`` was detached from ``vm``."""
+        await self.notify("zstack_vm_after_detach_nic", vm=vm, nic=nic)
+
+    async def vm_after_detach_volume(self, vm: VmInstanceInventory, volume: VolumeInventory) -> None:
+        """``volume`` was detached from ``vm``."""
+        await self.notify("zstack_vm_after_detach_volume", vm=vm, volume=volume)
+
+    async def vm_after_instantiate_resource(self, spec: VmInstanceSpec) -> None:
+        """The VM exists on the hypervisor (and runs, unless created stopped)."""
+        await self.notify("zstack_vm_after_instantiate_resource", spec=spec)
+
+    async def vm_after_migrate(self, vm: VmInstanceInventory, source_host_uuid: str) -> None:
+        """``vm`` now runs on ``vm.host_uuid``, having left ``source_host_uuid``."""
+        await self.notify("zstack_vm_after_migrate", vm=vm, source_host_uuid=source_host_uuid)
+
+    async def vm_after_reboot(self, vm: VmInstanceInventory) -> None:
+        """``vm`` rebooted."""
+        await self.notify("zstack_vm_after_reboot", vm=vm)
+
+    async def vm_after_start(self, vm: VmInstanceInventory) -> None:
+        """``vm`` started."""
+        await self.notify("zstack_vm_after_start", vm=vm)
+
+    async def vm_after_stop(self, vm: VmInstanceInventory) -> None:
+        """``vm`` stopped."""
+        await self.notify("zstack_vm_after_stop", vm=vm)
+
+    async def vm_before_attach_nic(self, vm: VmInstanceInventory, nic: VmNicInventory) -> None:
+        """``nic`` is about to be attached to ``vm``; raise to refuse."""
+        await self.call("zstack_vm_before_attach_nic", vm=vm, nic=nic)
+
+    async def vm_before_attach_volume(self, vm: VmInstanceInventory, volume: VolumeInventory) -> None:
+        """``volume`` is about to be attached to ``vm``; raise to refuse."""
+        await self.call("zstack_vm_before_attach_volume", vm=vm, volume=volume)
+
+    async def vm_before_destroy(self, vm: VmInstanceInventory) -> None:
+        """``vm`` is about to be destroyed; raise to refuse."""
+        await self.call("zstack_vm_before_destroy", vm=vm)
+
+    async def vm_before_detach_nic(self, vm: VmInstanceInventory, nic: VmNicInventory) -> None:
+        """``nic`` is about to be detached from ``vm``; raise to refuse."""
+        await self.call("zstack_vm_before_detach_nic", vm=vm, nic=nic)
+
+    async def vm_before_detach_volume(self, vm: VmInstanceInventory, volume: VolumeInventory) -> None:
+        """``volume`` is about to be detached from ``vm``; raise to refuse."""
+        await self.call("zstack_vm_before_detach_volume", vm=vm, volume=volume)
+
+    async def vm_before_instantiate_resource(self, spec: VmInstanceSpec) -> None:
+        """Resources (host, volumes, NICs) are allocated; the VM is about to be created on the"""
+        await self.call("zstack_vm_before_instantiate_resource", spec=spec)
+
+    async def vm_before_migrate(self, vm: VmInstanceInventory, destination_host_uuid: str) -> None:
+        """``vm`` is about to migrate to another host; raise to refuse."""
+        await self.call("zstack_vm_before_migrate", vm=vm, destination_host_uuid=destination_host_uuid)
+
+    async def vm_before_reboot(self, vm: VmInstanceInventory) -> None:
+        """``vm`` is about to reboot; raise to refuse."""
+        await self.call("zstack_vm_before_reboot", vm=vm)
+
+    async def vm_before_start(self, vm: VmInstanceInventory) -> None:
+        """``vm`` is about to start; raise to refuse."""
+        await self.call("zstack_vm_before_start", vm=vm)
+
+    async def vm_before_stop(self, vm: VmInstanceInventory) -> None:
+        """``vm`` is about to stop; raise to refuse."""
+        await self.call("zstack_vm_before_stop", vm=vm)
+
+    async def vm_create_check(self, spec: VmInstanceSpec) -> None:
+        """Veto a VM create before anything is allocated: raise ``ZStackError`` to refuse."""
+        await self.call("zstack_vm_create_check", spec=spec)
+
+    async def vm_domain_devices(self, spec: VmInstanceSpec) -> None:
+        """Add devices to the VM's hypervisor definition: append to ``spec.disks``/``spec.nic_tos``."""
+        await self.call("zstack_vm_domain_devices", spec=spec)
+
+    async def vm_failed_to_attach_volume(self, vm: VmInstanceInventory, volume: VolumeInventory, error: ErrorCode) -> None:
+        """Attaching ``volume`` to ``vm`` failed."""
+        await self.notify("zstack_vm_failed_to_attach_volume", vm=vm, volume=volume, error=error)
+
+    async def vm_failed_to_destroy(self, vm: VmInstanceInventory, error: ErrorCode) -> None:
+        """Destroying ``vm`` failed."""
+        await self.notify("zstack_vm_failed_to_destroy", vm=vm, error=error)
+
+    async def vm_failed_to_migrate(self, vm: VmInstanceInventory, destination_host_uuid: str, error: ErrorCode) -> None:
+        """Migrating ``vm`` failed; it still runs where it was."""
+        await self.notify("zstack_vm_failed_to_migrate", vm=vm, destination_host_uuid=destination_host_uuid, error=error)
+
+    async def vm_failed_to_reboot(self, vm: VmInstanceInventory, error: ErrorCode) -> None:
+        """Rebooting ``vm`` failed."""
+        await self.notify("zstack_vm_failed_to_reboot", vm=vm, error=error)
+
+    async def vm_failed_to_start(self, vm: VmInstanceInventory, error: ErrorCode) -> None:
+        """Starting ``vm`` failed with ``error``."""
+        await self.notify("zstack_vm_failed_to_start", vm=vm, error=error)
+
+    async def vm_failed_to_stop(self, vm: VmInstanceInventory, error: ErrorCode) -> None:
+        """Stopping ``vm`` failed."""
+        await self.notify("zstack_vm_failed_to_stop", vm=vm, error=error)
+
+    async def vm_release_resource(self, spec: VmInstanceSpec, reason: str) -> None:
+        """Release what was prepared for the VM: after a failed create (``reason="rollback"``) or"""
+        await self.notify("zstack_vm_release_resource", spec=spec, reason=reason)
+
+    async def vm_state_changed(self, vm: VmInstanceInventory, old_state: str, new_state: str) -> None:
+        """``vm`` changed state (by an API, or because libvirt said so)."""
+        await self.notify("zstack_vm_state_changed", vm=vm, old_state=old_state, new_state=new_state)
 
     def known_hooks(self) -> Sequence[str]:
         return sorted(n for n in dir(hookspecs) if n.startswith(HOOK_PREFIX))
