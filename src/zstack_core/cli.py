@@ -29,8 +29,9 @@ def _node_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "libvirt_uri", None):
         settings["node.libvirt_uri"] = args.libvirt_uri
     kwargs: dict[str, Any] = {"settings": settings}
-    if args.data_dir:
-        kwargs["data_dir"] = args.data_dir
+    data_dir = getattr(args, "node_data_dir", None) or args.data_dir
+    if data_dir:
+        kwargs["data_dir"] = data_dir
     if args.config:
         kwargs["config"] = args.config
     return kwargs
@@ -76,7 +77,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         return 2
     report = plugin_report(node, include_builtin=args.all)
     if args.json:
-        print(json.dumps(report, indent=2))
+        try:
+            print(json.dumps(report, indent=2))
+        except BrokenPipeError:  # `zstack plugins --json | head`
+            sys.stderr.close()
         return 0
     if not report:
         print("no plugins installed")
@@ -131,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--host", help="address the HTTP API binds (default 127.0.0.1)")
     start.add_argument("--port", type=int, help="port of the HTTP API")
     start.add_argument("--libvirt-uri", help="libvirt URI of the default host")
+    start.add_argument("--data-dir", dest="node_data_dir", help="the node's data directory (same as zstack --data-dir)")
     start.set_defaults(func=cmd_node_start)
 
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
