@@ -7,11 +7,15 @@ these base classes, never the provider's module.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
+from typing import TYPE_CHECKING
 
 from .compute import ConsoleAddress, HostInventory, VmInstanceInventory, VmInstanceSpec
+from .devices import DiskTO
 from .network import SecurityGroupRuleTO
-from .storage import PrimaryStorageInventory
+from .storage import ImageInventory, PrimaryStorageInventory, StorageCapacity, VolumeFacts, VolumeInventory
+
+if TYPE_CHECKING:
+    from ..node import ManagementNode
 
 
 class HypervisorFactory:
@@ -25,11 +29,57 @@ class HypervisorFactory:
 
 
 class PrimaryStorageFactory:
-    """A primary storage type (``LocalStorage``): how to attach it to hosts and make volumes."""
+    """A primary storage type (``LocalStorage``): how its volumes are made on hosts.
+
+    The storage service keeps the records (primary storage, volumes, image caches, snapshots) and
+    the capacity accounting; it calls the factory chosen by ``PrimaryStorageInventory.type`` for
+    the work on hosts. Every method gets the node, so a factory reaches a host the way any service
+    does (compute's ``HostRunMsg``). Methods raise ``ZStackError`` to fail and must leave nothing
+    behind on the host when they do.
+    """
 
     type: str = ""
 
-    async def attach_to_host(self, ps: PrimaryStorageInventory, host: HostInventory) -> None:
+    async def attach_to_host(self, node: ManagementNode, ps: PrimaryStorageInventory,
+                             host: HostInventory) -> StorageCapacity:
+        """Make ``ps`` usable on ``host`` and report its capacity there. Called when ``ps`` is
+        attached to the host's cluster and on every (re)connect of the host: idempotent."""
+        raise NotImplementedError
+
+    async def detach_from_host(self, node: ManagementNode, ps: PrimaryStorageInventory,
+                               host: HostInventory) -> None:
+        """Stop using ``ps`` on ``host`` (its volumes are already gone). Idempotent."""
+        raise NotImplementedError
+
+    async def create_image_cache(self, node: ManagementNode, ps: PrimaryStorageInventory, host: HostInventory,
+                                 image: ImageInventory, source_path: str) -> VolumeFacts:
+        """Copy the image file ``source_path`` (on the management node) into ``ps`` on ``host``,
+        where root volumes are made from it."""
+        raise NotImplementedError
+
+    async def create_volume(self, node: ManagementNode, ps: PrimaryStorageInventory, host: HostInventory,
+                            volume: VolumeInventory, backing: VolumeFacts | None) -> VolumeFacts:
+        """Make ``volume`` (``volume.size`` bytes), on top of ``backing`` (an image cache) if given."""
+        raise NotImplementedError
+
+    async def delete_volume(self, node: ManagementNode, ps: PrimaryStorageInventory, host: HostInventory,
+                            install_path: str) -> None:
+        """Remove a volume or image cache from ``host``. Idempotent: a missing one is not an error."""
+        raise NotImplementedError
+
+    async def resize_volume(self, node: ManagementNode, ps: PrimaryStorageInventory, host: HostInventory,
+                            volume: VolumeInventory, size: int) -> VolumeFacts:
+        """Grow ``volume`` to ``size`` bytes (also while a running VM uses it)."""
+        raise NotImplementedError
+
+    async def snapshot(self, node: ManagementNode, ps: PrimaryStorageInventory, host: HostInventory,
+                       volume: VolumeInventory, action: str, name: str) -> None:
+        """``action`` is ``create``, ``revert`` or ``delete`` the snapshot ``name`` of ``volume``
+        (whose VM is stopped)."""
+        raise NotImplementedError
+
+    def disk_to(self, volume: VolumeInventory) -> DiskTO:
+        """How the hypervisor reaches ``volume``."""
         raise NotImplementedError
 
 
