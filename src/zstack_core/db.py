@@ -37,6 +37,7 @@ __all__ = [
     "SchemaError",
     "database_proxy",
     "new_uuid",
+    "upsert",
     "utcnow",
 ]
 
@@ -54,6 +55,25 @@ def new_uuid() -> str:
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def upsert(model: type[peewee.Model], conflict_target: Sequence[peewee.Field], **values: Any) -> peewee.Insert:
+    """``INSERT`` of ``values``, or ``UPDATE`` of the row that clashes on ``conflict_target``.
+
+    peewee's ``Model.replace`` is SQLite/MySQL-only (PostgreSQL refuses ``REPLACE``); this is the
+    portable form: ``ON CONFLICT (...) DO UPDATE`` on SQLite and PostgreSQL, ``ON DUPLICATE KEY
+    UPDATE`` on MySQL/MariaDB (which takes no conflict target).
+    """
+    keys = {f.name for f in conflict_target}
+    preserve = [model._meta.fields[name] for name in values if name not in keys]
+    query = model.insert(**values)
+    if not preserve:
+        return query.on_conflict_ignore()
+    db = model._meta.database
+    db = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    if isinstance(db, peewee.MySQLDatabase):
+        return query.on_conflict(preserve=preserve)
+    return query.on_conflict(conflict_target=list(conflict_target), preserve=preserve)
 
 
 class BaseModel(peewee.Model):
@@ -216,23 +236,28 @@ class Database:
                     self.db.create_tables(list(reg.models), safe=True)  # a model added without a migration
                     done[reg.name] = (current, current)
                     continue
+                step = "creating the tables" if current == 0 else "creating new tables"
                 try:
                     with self.db.atomic():
-                        if current == 0:
-                            self.db.create_tables(list(reg.models), safe=True)
-                        else:
+                        if current > 0:
                             migrator = SchemaMigrator.from_database(self.db)
                             for m in sorted(reg.migrations, key=lambda m: m.version):
                                 if current < m.version <= target:
-                                    log.info("migrating %s to version %d: %s", reg.name, m.version, m.description)
+                                    step = f"migration {m.version}" + (f" ({m.description})" if m.description else "")
+                                    log.info("migrating %s: %s", reg.name, step)
                                     m.apply(migrator, self.db)
-                            self.db.create_tables(list(reg.models), safe=True)
-                        SchemaVersion.replace(plugin=reg.name, version=target, updated_at=utcnow()).execute()
+                            step = "creating new tables"
+                        self.db.create_tables(list(reg.models), safe=True)
+                        upsert(SchemaVersion, [SchemaVersion.plugin], plugin=reg.name, version=target,
+                               updated_at=utcnow()).execute()
                 except SchemaError:
                     raise
                 except Exception as exc:
-                    raise SchemaError(f"migrating {reg.name!r} from version {current} to {target} failed: "
-                                      f"{type(exc).__name__}: {exc}") from exc
+                    # Where DDL is transactional (PostgreSQL, SQLite) nothing of the upgrade is
+                    # left; the schema stays at ``current``.
+                    raise SchemaError(f"upgrading the schema of {reg.name!r} from version {current} to {target} "
+                                      f"failed at {step}: {type(exc).__name__}: {exc}; the schema stays at "
+                                      f"version {current}") from exc
                 done[reg.name] = (current, target)
         return done
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import peewee
 
-from .db import BaseModel, Database, utcnow
+from .db import BaseModel, Database, upsert, utcnow
 from .errors import SysErrors, ZStackError, invalid_argument
 from .units import parse_size
 
@@ -293,8 +293,9 @@ class GlobalConfigs:
         old = self._overrides.get((resource_uuid, category, name))
 
         def write() -> None:
-            ResourceConfigVO.replace(resource_uuid=resource_uuid, resource_type=resource_type, category=category,
-                                     name=name, value=GlobalConfig.to_text(typed), updated_at=utcnow()).execute()
+            upsert(ResourceConfigVO, [ResourceConfigVO.resource_uuid, ResourceConfigVO.category, ResourceConfigVO.name],
+                   resource_uuid=resource_uuid, resource_type=resource_type, category=category,
+                   name=name, value=GlobalConfig.to_text(typed), updated_at=utcnow()).execute()
 
         await self.db.atomic(write)
         self._overrides[(resource_uuid, category, name)] = typed

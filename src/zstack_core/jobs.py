@@ -7,7 +7,7 @@ import json
 
 import peewee
 
-from .db import BaseModel, Database, utcnow
+from .db import BaseModel, Database, upsert, utcnow
 from .errors import ErrorCode
 from .mediator import ApiJob, JobStore
 
@@ -57,7 +57,7 @@ class DatabaseJobStore(JobStore):
         await self.db.run(lambda: ApiJobVO.insert(**self._row(job)).execute())
 
     async def update(self, job: ApiJob) -> None:
-        await self.db.run(lambda: ApiJobVO.replace(**self._row(job)).execute())
+        await self.db.run(lambda: upsert(ApiJobVO, [ApiJobVO.id], **self._row(job)).execute())
 
     async def get(self, job_id: str) -> ApiJob | None:
         row = await self.db.run(lambda: ApiJobVO.get_or_none(ApiJobVO.id == job_id))
