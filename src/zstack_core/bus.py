@@ -42,7 +42,7 @@ class CloudBus:
         self._route_cache: dict[tuple[str, type[Message]], Handler | None] = {}
         self._subscribers: dict[type[Event], list[Subscriber]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._buckets: dict[int, dict[asyncio.Future[Any], Message]] = {}
+        self._buckets: dict[int, dict[asyncio.Future[Any], tuple[Message, float]]] = {}
 
     # -- services -----------------------------------------------------------------------------
 
@@ -120,6 +120,9 @@ class CloudBus:
             handler = self._route(msg, service_id)
         except ZStackError as exc:
             return MessageReply(error=exc.error)
+        if len(self._tasks) >= self.max_inflight:
+            # Refuse before the handler runs: "busy, retry later" must mean nothing was done.
+            return MessageReply(error=err("1005", f"{len(self._tasks)} messages in flight on this node"))
         # Run the handler eagerly up to its first suspension (as Python 3.12's eager tasks do):
         # a handler that answers at once costs no task and no loop iteration. One that suspends
         # goes on in its own task, so a caller's timeout never cancels the work itself.
@@ -136,7 +139,7 @@ class CloudBus:
             coro.close()
             return MessageReply(error=exc.error)
         limit = timeout if timeout is not None else (msg.timeout if msg.timeout is not None else self.default_timeout)
-        bucket = self._arm(loop, fut, msg, loop.time() + limit)
+        bucket = self._arm(loop, fut, msg, limit)
         try:
             return await fut
         finally:
@@ -161,20 +164,20 @@ class CloudBus:
 
     # -- timeouts -----------------------------------------------------------------------------
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], msg: Message, deadline: float) -> dict[asyncio.Future[Any], Message]:
-        key = int(deadline / _BUCKET) + 1
+    def _arm(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], msg: Message,
+             limit: float) -> dict[asyncio.Future[Any], tuple[Message, float]]:
+        key = int((loop.time() + limit) / _BUCKET) + 1
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = {}
             loop.call_at(key * _BUCKET, self._expire, key)
-        bucket[fut] = msg
+        bucket[fut] = (msg, limit)
         return bucket
 
     def _expire(self, key: int) -> None:
-        for fut, msg in self._buckets.pop(key, {}).items():
+        for fut, (msg, limit) in self._buckets.pop(key, {}).items():
             if not fut.done():
-                timeout = getattr(msg, "timeout", None) or self.default_timeout
-                fut.set_result(MessageReply(error=err("1001", f"{type(msg).__name__} got no reply in {timeout:g}s")))
+                fut.set_result(MessageReply(error=err("1001", f"{type(msg).__name__} got no reply in {limit:g}s")))
 
     # -- events -------------------------------------------------------------------------------
 
@@ -238,6 +241,13 @@ class _Resume:
 
     def __await__(self) -> Any:
         coro, value = self.coro, self.first
+        if value is None:
+            # A bare yield (``asyncio.sleep(0)``) asks for one pass of the loop, and this task's
+            # first step already runs on a later pass: resume now rather than spend another.
+            try:
+                value = coro.send(None)
+            except StopIteration as done:
+                return done.value
         while True:
             try:
                 sent = yield value

@@ -108,12 +108,17 @@ class PluginManager:
     def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
         """Register every plugin of the ``zstack.plugins`` group except ``disabled`` ones."""
         disabled = set(disabled)
-        seen: set[str] = set()
+        seen: dict[str, str | None] = {}
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in seen:
-                continue  # the same distribution visible twice on sys.path
-            seen.add(ep.name)
             dist = getattr(ep, "dist", None)
+            if ep.name in seen:
+                if seen[ep.name] == (dist.name if dist else None):
+                    continue  # the same distribution visible twice on sys.path
+                other = PluginInfo(name=ep.name, distribution=dist.name if dist else None,
+                                   version=dist.version if dist else None, module=ep.value)
+                raise PluginError(f"plugin name {ep.name!r} is claimed by both {self.infos[ep.name].describe()} "
+                                  f"and {other.describe()}")
+            seen[ep.name] = dist.name if dist else None
             info = PluginInfo(
                 name=ep.name,
                 distribution=dist.name if dist else None,
