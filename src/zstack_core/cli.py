@@ -123,6 +123,18 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugin_new(args: argparse.Namespace) -> int:
+    from .scaffold import ScaffoldError, new_plugin
+
+    try:
+        root = new_plugin(args.name, args.directory)
+    except ScaffoldError as exc:
+        print(f"zstack: {exc}", file=sys.stderr)
+        return 2
+    print(f"zstack: wrote {root}; next: pip install -e '{root}[test]' && pytest {root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zstack", description="ZStack-style private cloud management node")
     parser.add_argument("--config", help="path of zstack.toml (default: $ZSTACK_CONFIG or <data-dir>/zstack.toml)")
@@ -142,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.add_argument("--all", action="store_true", help="include the kernel's own plugin (zstack_core)")
     plugins.set_defaults(func=cmd_plugins)
+
+    plugin = sub.add_parser("plugin", help="write plugins").add_subparsers(dest="plugin_command", required=True)
+    new = plugin.add_parser("new", help="write a new plugin distribution zstack-<name>/ whose tests pass as written")
+    new.add_argument("name", help="short name: the entry point, service id and config category (e.g. quota)")
+    new.add_argument("--directory", default=".", help="where to create zstack-<name>/ (default: here)")
+    new.set_defaults(func=cmd_plugin_new)
     return parser
 
 

@@ -39,6 +39,9 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import os
+import site
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +69,7 @@ __all__ = [
     "build_env",
     "installed_plugins",
     "make_node",
+    "overlay_venv",
     "zstack_node",
 ]
 
@@ -196,6 +200,28 @@ async def zstack_node(request: pytest.FixtureRequest, make_node: NodeFactory) ->
         kwargs["plugins"] = list(param)
     kwargs.setdefault("plugins", sorted(installed_plugins()))
     return await make_node(**kwargs)
+
+
+def overlay_venv(path: str | os.PathLike[str]) -> Path:
+    """Create a virtual environment at ``path`` that also sees this interpreter's packages;
+    return its ``python``.
+
+    For testing how a plugin installs (``python -m pip install --no-deps --no-build-isolation
+    ./zstack-foo``, then ``python -m zstack_core.cli plugins --json``) without touching the
+    running environment and without a network: zstack-core, pytest and pip come from here, the
+    plugin goes into the new environment. (``venv --system-site-packages`` would not do: from
+    inside a virtual environment it exposes the base interpreter's packages, not this one's.)
+    """
+    root = Path(path)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
+    python = root / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    # addsitedir, not a plain path line: it also runs this environment's .pth files, which is
+    # how editable installs (the workspace's own packages) become importable.
+    lines = [f"import site; site.addsitedir({d!r})\n" for d in site.getsitepackages() if Path(d).is_dir()]
+    (Path(purelib) / "_zstack_overlay.pth").write_text("".join(lines))
+    return python
 
 
 # ---------------------------------------------------------------------------------------------
