@@ -5,6 +5,15 @@ A plugin registers a :class:`QueryableResource` (its model and inventory); the n
 is null, is not null``, sort, limit, offset and count, plus ``__systemTag__`` to select by tag.
 Field names are the inventory's, camelCase on the wire; an unknown one is refused with the list
 of valid ones.
+
+The same answers on every backend:
+
+- SQL NULL: only ``is null`` selects a row whose field is NULL; ``!=``, ``not in`` and
+  ``not like`` do not (as in SQL and in ZStack's JPQL queries).
+- ``like``: text fields only; ``%`` and ``_`` are the wildcards and ASCII case is ignored.
+- Sorting: NULL before every value (first ascending, last descending), ties by primary key;
+  text in the database's collation (code points on SQLite).
+- Datetimes are naive UTC; an aware value in a condition is converted to UTC.
 """
 
 from __future__ import annotations
@@ -87,6 +96,12 @@ class QueryableResource:
         return attrs.define(kw_only=True)(cls)
 
 
+def _kind(field: peewee.Field) -> str:
+    """``integer``, ``boolean``, ``datetime``...: a field's type in words, for error messages."""
+    name = type(field).__name__.removesuffix("Field").lower()
+    return {"char": "text", "auto": "integer", "biginteger": "integer", "bigauto": "integer"}.get(name, name)
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -123,6 +138,7 @@ class QueryEngine:
 
     @staticmethod
     def _coerce(field: peewee.Field, value: Any, where: str) -> Any:
+        """``value`` as the type of ``field``; ``SYS.1007`` naming the field when it is not one."""
         try:
             if isinstance(field, (peewee.IntegerField, peewee.BigIntegerField)):
                 if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -139,15 +155,16 @@ class QueryEngine:
                     return str(value).lower() == "true"
                 raise ValueError
             if isinstance(field, peewee.DateTimeField):
-                if isinstance(value, datetime.datetime):
-                    return value
-                return datetime.datetime.fromisoformat(str(value))
+                moment = value if isinstance(value, datetime.datetime) else datetime.datetime.fromisoformat(str(value))
+                # Times are stored as naive UTC (db.utcnow); an aware value is compared as that.
+                if moment.tzinfo is not None:
+                    moment = moment.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+                return moment
             if isinstance(value, (dict, list)):
                 raise ValueError
             return str(value)
         except (TypeError, ValueError):
-            kind = type(field).__name__.removesuffix("Field").lower()
-            raise invalid_argument(f"{value!r} is not a valid {kind} for {field.name}", where) from None
+            raise invalid_argument(f"{value!r} is not a valid {_kind(field)} for {camel(field.name)}", where) from None
 
     def _expression(self, resource: QueryableResource, cond: QueryCondition, i: int) -> Any:
         where = f"$.conditions[{i}]"
@@ -166,6 +183,9 @@ class QueryEngine:
             values = [self._coerce(field, v, where + ".value") for v in values]
             return field.in_(values) if op == "in" else field.not_in(values)
         if op in ("like", "not like"):
+            if not isinstance(field, (peewee.CharField, peewee.TextField)):
+                raise invalid_argument(f"{op} applies to text fields only, not to {camel(field.name)} "
+                                       f"({_kind(field)})", where + ".op")
             if not isinstance(cond.value, str):
                 raise invalid_argument("like needs a text pattern ('%' matches anything)", where + ".value")
             expr = field ** cond.value  # peewee's ILIKE: case-insensitive on every backend
@@ -208,7 +228,9 @@ class QueryEngine:
             direction = msg.sort_direction.lower()
             if direction not in ("asc", "desc"):
                 raise invalid_argument("sortDirection must be asc or desc", "$.sortDirection")
-            page = page.order_by(field.desc() if direction == "desc" else field.asc(), model._meta.primary_key)
+            # NULL sorts before every value on every backend (PostgreSQL would put it last).
+            order = field.desc(nulls="last") if direction == "desc" else field.asc(nulls="first")
+            page = page.order_by(order, model._meta.primary_key)
         else:
             page = page.order_by(model._meta.primary_key)
         if msg.limit is not None:
