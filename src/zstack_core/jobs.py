@@ -39,6 +39,10 @@ def _epoch(value: datetime.datetime | None) -> float | None:
 
 
 class DatabaseJobStore(JobStore):
+    """Jobs in the ``api_job`` table. A job running on this node is also kept in memory until it
+    finishes, so the handler's progress reports and the final outcome update one object (a copy
+    read back from the database would lose the progress when the outcome is written)."""
+
     def __init__(self, db: Database, node_uuid: str | None = None) -> None:
         super().__init__()
         self.db = db
@@ -55,11 +59,17 @@ class DatabaseJobStore(JobStore):
 
     async def create(self, job: ApiJob) -> None:
         await self.db.run(lambda: ApiJobVO.insert(**self._row(job)).execute())
+        self._jobs[job.id] = job
 
     async def update(self, job: ApiJob) -> None:
         await self.db.run(lambda: upsert(ApiJobVO, [ApiJobVO.id], **self._row(job)).execute())
+        if job.state != "Running":
+            self._jobs.pop(job.id, None)
 
     async def get(self, job_id: str) -> ApiJob | None:
+        live = self._jobs.get(job_id)
+        if live is not None:
+            return live
         row = await self.db.run(lambda: ApiJobVO.get_or_none(ApiJobVO.id == job_id))
         if row is None:
             return None
