@@ -51,7 +51,8 @@ class ApiRegistration:
 
     ``service`` defaults to the message class's ``SERVICE_ID``. ``route`` is the REST route
     (``("POST", "/v1/zones")``) used by the HTTP API; ``resource`` is the inventory name the API
-    acts on, used for ownership checks and query routes.
+    acts on, used for ownership checks and query routes. ``admin_only`` APIs are refused to
+    ``Normal`` accounts (ZStack's admin-only actions: zones, hosts, global configs...).
     """
 
     message: type[APIMessage]
@@ -60,6 +61,7 @@ class ApiRegistration:
     route: tuple[str, str] | None = None
     resource: str | None = None
     reply: type[Any] | None = None
+    admin_only: bool = False
 
     @property
     def name(self) -> str:

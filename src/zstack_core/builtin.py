@@ -13,12 +13,15 @@ import attrs
 
 from .api import ApiInterceptor, ApiRegistration
 from .db import ModelRegistration
-from .errors import ZStackError, invalid_argument
+from . import identity
+from .errors import ErrorCodeSpace, ZStackError, invalid_argument
+from .globalconfig import GlobalConfig
+from .properties import GlobalProperty
 from .globalconfig import GlobalConfigInventory, GlobalConfigVO, ResourceConfigVO
 from .hookspecs import hookimpl
 from .jobs import ApiJobVO
 from .messages import APIEvent, APIMessage, APIReply
-from .ownership import AccountResourceRefVO
+from .ownership import AccountResourceRefVO, disown_sync, own_sync
 from .query import APIQueryMessage, APIQueryReply, QueryableResource
 from .service import Service, handles
 from .tags import SystemTagInventory, SystemTagVO
@@ -226,13 +229,22 @@ class SystemTagService(Service):
         if resource_type is None:
             raise invalid_argument(f"no resource {msg.resource_uuid}", "resourceUuid")
         await self.node.tags.create(msg.resource_uuid, resource_type, [msg.tag])
-        row = await self.node.db.run(lambda: SystemTagVO.get((SystemTagVO.resource_uuid == msg.resource_uuid)
-                                                             & (SystemTagVO.tag == msg.tag)))
+
+        def own() -> SystemTagVO:
+            row = SystemTagVO.get((SystemTagVO.resource_uuid == msg.resource_uuid) & (SystemTagVO.tag == msg.tag))
+            own_sync(row.uuid, "SystemTag", msg.account_uuid)
+            return row
+
+        row = await self.node.db.run(own)
         return APISystemTagEvent(inventory=row.to_inventory())
 
     @handles(APIDeleteSystemTagMsg)
     async def delete(self, msg: APIDeleteSystemTagMsg) -> APIEvent:
-        await self.node.db.run(lambda: SystemTagVO.delete().where(SystemTagVO.uuid == msg.uuid).execute())
+        def delete() -> None:
+            SystemTagVO.delete().where(SystemTagVO.uuid == msg.uuid).execute()
+            disown_sync(msg.uuid)
+
+        await self.node.db.atomic(delete)
         return APIEvent()
 
 
@@ -266,31 +278,37 @@ class QueryService(Service):
 
 @hookimpl
 def zstack_models() -> Sequence[ModelRegistration]:
-    return [ModelRegistration(name=NAME, models=[GlobalConfigVO, ResourceConfigVO, SystemTagVO, ApiJobVO, AccountResourceRefVO])]
+    return [ModelRegistration(name=NAME, models=[GlobalConfigVO, ResourceConfigVO, SystemTagVO, ApiJobVO, AccountResourceRefVO]),
+            identity.MODELS]
 
 
 @hookimpl
 def zstack_services(node: Any) -> Sequence[Service]:
-    return [GlobalConfigService(), SystemTagService(), QueryService()]
+    return [GlobalConfigService(), SystemTagService(), QueryService(), identity.IdentityService()]
 
 
 @hookimpl
 def zstack_api_messages() -> Sequence[ApiRegistration]:
     return [
-        ApiRegistration(message=APIUpdateGlobalConfigMsg, route=("PUT", "/v1/global-configurations/{category}/{name}/actions")),
-        ApiRegistration(message=APIResetGlobalConfigMsg, route=("PUT", "/v1/global-configurations/{category}/{name}/actions")),
+        ApiRegistration(message=APIUpdateGlobalConfigMsg, route=("PUT", "/v1/global-configurations/{category}/{name}/actions"),
+                        admin_only=True),
+        ApiRegistration(message=APIResetGlobalConfigMsg, route=("PUT", "/v1/global-configurations/{category}/{name}/actions"),
+                        admin_only=True),
         ApiRegistration(message=APIGetGlobalConfigOptionsMsg, route=("GET", "/v1/global-configurations/{category}/{name}/options")),
-        ApiRegistration(message=APIUpdateResourceConfigMsg, route=("PUT", "/v1/resource-configurations/{category}/{name}/{resourceUuid}")),
-        ApiRegistration(message=APIDeleteResourceConfigMsg, route=("DELETE", "/v1/resource-configurations/{category}/{name}/{resourceUuid}")),
+        ApiRegistration(message=APIUpdateResourceConfigMsg, route=("PUT", "/v1/resource-configurations/{category}/{name}/{resourceUuid}"),
+                        admin_only=True),
+        ApiRegistration(message=APIDeleteResourceConfigMsg, route=("DELETE", "/v1/resource-configurations/{category}/{name}/{resourceUuid}"),
+                        admin_only=True),
         ApiRegistration(message=APIGetResourceConfigMsg, route=("GET", "/v1/resource-configurations/{category}/{name}/{resourceUuid}")),
         ApiRegistration(message=APICreateSystemTagMsg, route=("POST", "/v1/system-tags")),
         ApiRegistration(message=APIDeleteSystemTagMsg, route=("DELETE", "/v1/system-tags/{uuid}")),
+        *identity.api_registrations(),
     ]
 
 
 @hookimpl
 def zstack_api_interceptors() -> Sequence[ApiInterceptor]:
-    return [SystemTagInterceptor()]
+    return [*identity.INTERCEPTORS, SystemTagInterceptor()]
 
 
 @hookimpl
@@ -298,7 +316,23 @@ def zstack_queryable_resources() -> Sequence[QueryableResource]:
     return [
         QueryableResource(name="GlobalConfig", model=GlobalConfigVO, inventory=GlobalConfigInventory),
         QueryableResource(name="SystemTag", model=SystemTagVO, inventory=SystemTagInventory),
+        *identity.QUERYABLE,
     ]
+
+
+@hookimpl
+def zstack_global_configs() -> Sequence[GlobalConfig]:
+    return list(identity.GLOBAL_CONFIGS)
+
+
+@hookimpl
+def zstack_global_properties() -> Sequence[GlobalProperty]:
+    return list(identity.GLOBAL_PROPERTIES)
+
+
+@hookimpl
+def zstack_error_codes() -> Sequence[ErrorCodeSpace]:
+    return [identity.IdentityErrors]
 
 
 __all__ = ["ZStackError"]

@@ -1,7 +1,9 @@
 """The ``zstack`` command.
 
 ``zstack node start`` runs a management node in the foreground until SIGINT/SIGTERM;
-``zstack plugins [--json]`` lists every installed plugin and what it registers.
+``zstack plugins [--json]`` lists every installed plugin and what it registers;
+``zstack login``, ``logout``, ``api`` and ``query`` drive a running node over HTTP
+(:mod:`zstack_core.cli_client`).
 """
 
 from __future__ import annotations
@@ -99,17 +101,20 @@ async def _serve(node: ManagementNode) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
-    serve = getattr(node, "serve_http", None)
-    server_task = asyncio.create_task(serve()) if serve is not None else None
+    try:
+        server = await node.start_http()
+    except OSError as exc:
+        await node.stop()
+        raise NodeStartError(str(exc)) from exc
+    server_task = asyncio.create_task(node.serve_http())
     print(f"zstack: management node ready ({len(node.services)} services, {len(node.api.registrations)} APIs, "
-          f"data in {node.data_dir})", flush=True)
+          f"data in {node.data_dir}); HTTP API at {server.url}", flush=True)
     try:
         await stop.wait()
     finally:
         print("zstack: stopping", flush=True)
-        if server_task is not None:
-            server_task.cancel()
-            await asyncio.gather(server_task, return_exceptions=True)
+        server_task.cancel()
+        await asyncio.gather(server_task, return_exceptions=True)
         await node.stop()
 
 
@@ -160,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="short name: the entry point, service id and config category (e.g. quota)")
     new.add_argument("--directory", default=".", help="where to create zstack-<name>/ (default: here)")
     new.set_defaults(func=cmd_plugin_new)
+
+    from .cli_client import add_client_commands
+
+    add_client_commands(sub)
     return parser
 
 

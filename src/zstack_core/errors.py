@@ -108,6 +108,10 @@ class ErrorCodeSpace:
     prefix: str
     codes: dict[str, str] = attrs.field(factory=dict)
     """number -> description, e.g. ``{"1005": "host is unreachable"}``."""
+    http_status: dict[str, int] = attrs.field(factory=dict)
+    """number -> the HTTP status the REST API answers with, e.g. ``{"1005": 503}``; codes not
+    listed answer 400 (the request was refused), or the status of a ``SYS`` code in their cause
+    chain."""
 
     def __attrs_post_init__(self) -> None:
         if not self.prefix or not self.prefix.replace("_", "").isalnum() or not self.prefix.isupper():

@@ -98,6 +98,8 @@ class ManagementNode:
         self.resource_models: dict[str, type[ResourceModel]] = {}
         self.state = "Created"
         self._started: list[Service] = []
+        self.http: Any = None
+        """The :class:`~zstack_core.http.HttpServer` once :meth:`start_http` ran."""
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -345,6 +347,9 @@ class ManagementNode:
         if self.state not in ("Running", "Starting"):
             return
         self.state = "Stopping"
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         await self.hooks.node_stop(self)
         await self.api.drain()
         await self.bus.drain()
@@ -356,6 +361,28 @@ class ManagementNode:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    # -- HTTP API -----------------------------------------------------------------------------
+
+    async def start_http(self, host: str | None = None, port: int | None = None) -> Any:
+        """Serve the HTTP API on ``host``:``port`` (default: the ``api.host``/``api.port``
+        properties; port 0 picks a free one) on this node's loop; returns the
+        :class:`~zstack_core.http.HttpServer` once it accepts connections (``.url``)."""
+        from .http import HttpServer
+
+        self.check_running()
+        if self.http is not None:
+            raise RuntimeError(f"the HTTP API is already served at {self.http.url}")
+        server = HttpServer(self, host or self.properties["api.host"],
+                            self.properties["api.port"] if port is None else port)
+        await server.start()
+        self.http = server
+        return server
+
+    async def serve_http(self, host: str | None = None, port: int | None = None) -> None:
+        """Serve the HTTP API until cancelled (starting it unless :meth:`start_http` did)."""
+        server = self.http if self.http is not None else await self.start_http(host, port)
+        await server.serve_forever()
 
     # -- using the node -----------------------------------------------------------------------
 

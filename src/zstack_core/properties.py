@@ -210,6 +210,10 @@ _NOT_PROPERTIES = {
     "ZSTACK_DISABLE_PLUGIN_AUTOLOAD",
     "ZSTACK_CONFIG",
     "ZSTACK_ADMIN_PASSWORD",
+    # read by the `zstack` client commands (login, api, query), not by the node
+    "ZSTACK_URL",
+    "ZSTACK_PASSWORD",
+    "ZSTACK_ACCOUNT",
 }
 
 CORE_PROPERTIES = [
