@@ -13,10 +13,11 @@
   as admin, as before identity existed.
 * **Ownership.** Resources belong to the account that created them (services call
   :func:`~zstack_core.ownership.own_sync`). A ``Normal`` account sees only its own (and what was
-  shared with it) in every query, and may act only on its own: the message field ``uuid`` and
-  ``resource_uuid`` name the resource acted on and must be the caller's; other ``*_uuid`` /
-  ``*_uuids`` fields name resources it uses (an image, a network) and may also be shared with it
-  (``ShareResource``). A refusal is ``SYS.1012`` (HTTP 403), as ZStack answers: resource UUIDs are
+  shared with it) in every query, and may act only on its own: the resource acted on (the fields
+  ``uuid`` and ``resource_uuid``, and the resources named in the path of a ``POST``/``PUT``/
+  ``DELETE`` route, as REST reads ``PUT /v1/images/{imageUuid}/actions``) must be the caller's;
+  other ``*_uuid`` / ``*_uuids`` fields name resources it uses (an image, a network) and may also
+  be shared with it (``ShareResource``). A refusal is ``SYS.1012`` (HTTP 403), as ZStack answers: resource UUIDs are
   random, so saying that one exists tells nothing a caller could guess. APIs registered with
   ``ApiRegistration(admin_only=True)`` are refused to ``Normal`` accounts outright.
   A field that holds a UUID but names no resource opts out with ``metadata={"resource": False}``.
@@ -31,6 +32,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -528,14 +530,17 @@ class SessionInterceptor(ApiInterceptor):
     async def intercept(self, msg: APIMessage, node: Any) -> APIMessage:
         if isinstance(msg, SESSION_FREE):
             return msg
-        if msg.session_uuid is None:
+        if "account_type" in msg.headers:  # the HTTP layer resolved the session already
+            caller = Caller(msg.headers["account_uuid"], msg.headers["account_type"])
+        elif msg.session_uuid is None:
             if msg.headers.get(REQUIRE_SESSION):
                 raise SysErrors.exc("1013", f"{msg.api_name()} needs a session: log in with LogInByAccount and "
                                             "send 'Authorization: OAuth <session uuid>'")
             return msg  # an in-process call: the embedding program is trusted and acts as admin
-        caller = await node.services["identity"].resolve(msg.session_uuid)
-        msg.headers["account_uuid"] = caller.account_uuid
-        msg.headers["account_type"] = caller.account_type
+        else:
+            caller = await node.services["identity"].resolve(msg.session_uuid)
+            msg.headers["account_uuid"] = caller.account_uuid
+            msg.headers["account_type"] = caller.account_type
         if not caller.is_admin and getattr(node.api.registration_of(msg), "admin_only", False):
             raise SysErrors.exc("1012", f"{msg.api_name()} is for the admin account only")
         return msg
@@ -561,6 +566,10 @@ def resource_fields(cls: type[APIMessage]) -> tuple[tuple[str, bool, bool], ...]
     return tuple(out)
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 def _shared_with(account_uuid: str) -> Any:
     return SharedResourceVO.select(SharedResourceVO.resource_uuid).where(
         (SharedResourceVO.receiver_account_uuid == account_uuid) | (SharedResourceVO.to_public == True))  # noqa: E712
@@ -580,8 +589,13 @@ class OwnershipInterceptor(ApiInterceptor):
     async def intercept(self, msg: APIMessage, node: Any) -> APIMessage:
         if not is_normal(msg):
             return msg
+        route = node.api.registration_of(msg).route
+        in_path: set[str] = set()
+        if route is not None and route[0].upper() != "GET":
+            in_path = {_snake(p) for p in re.findall(r"\{([A-Za-z0-9_]+)\}", route[1])}
         wanted: list[tuple[str, str, bool]] = []  # (uuid, field, is_target)
         for attr, is_list, target in resource_fields(type(msg)):
+            target = target or attr in in_path
             value = getattr(msg, attr)
             for v in (value or []) if is_list else [value]:
                 if isinstance(v, str) and v:

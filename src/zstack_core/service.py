@@ -57,7 +57,14 @@ class Service:
         for klass in reversed(type(self).__mro__):
             for name, fn in vars(klass).items():
                 for mtype in getattr(fn, "__zstack_handles__", ()):
-                    out[mtype] = getattr(self, name)
+                    # Two mixins may each have a handler called ``attach``: getattr would give
+                    # both messages the one the MRO picks. Bind each marked function itself,
+                    # unless a subclass overrides it with a plain (unmarked) method.
+                    resolved = getattr(type(self), name, None)
+                    if resolved is fn or not hasattr(resolved, "__zstack_handles__"):
+                        out[mtype] = getattr(self, name)
+                    else:
+                        out[mtype] = fn.__get__(self, type(self))
         return out
 
     async def start(self) -> None:

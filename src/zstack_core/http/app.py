@@ -37,7 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import ErrorCode, SysErrors, ZStackError, err, invalid_argument
-from ..identity import REQUIRE_SESSION
+from ..identity import REQUIRE_SESSION, SESSION_FREE
 from ..mediator import ApiJob
 from ..messages import MessageReply
 from ..serialize import unstructure
@@ -220,13 +220,19 @@ class HttpApi:
         raise invalid_argument("several APIs share this route: name one with its action key, one of "
                                + ", ".join(repr(r.action_key) for r in routes), "$")
 
-    async def build_body(self, request: Request, routes: list[ApiRoute]) -> tuple[ApiRoute, dict[str, Any]]:
-        method = "GET" if request.method == "HEAD" else request.method
-        params: dict[str, Any]
-        if method in ("POST", "PUT"):
+    async def select(self, request: Request, routes: list[ApiRoute]) -> tuple[ApiRoute, dict[str, Any] | None]:
+        """The API a request calls, and its JSON body (``POST``/``PUT``)."""
+        if request.method in ("POST", "PUT"):
             data = await read_json_object(request)
-            route = self._choose(routes, data, None)
-            body: dict[str, Any] = {}
+            return self._choose(routes, data, None), data
+        return self._choose(routes, None, request.query_params.get("api")), None
+
+    def build_body(self, request: Request, route: ApiRoute, data: dict[str, Any] | None) -> dict[str, Any]:
+        """The message body of ``route``'s API from the request."""
+        method = "GET" if request.method == "HEAD" else request.method
+        body: dict[str, Any] = {}
+        if method in ("POST", "PUT"):
+            assert data is not None
             for key, value in data.items():
                 if key in ("systemTags", "userTags"):
                     body[key] = value
@@ -246,11 +252,9 @@ class HttpApi:
                                        f"$.{next(iter(query.keys()))}")
         else:
             query = request.query_params
-            route = self._choose(routes, None, query.get("api"))
             if route.is_query:
                 body = self._query_body(route, query)
             else:
-                body = {}
                 for key in dict.fromkeys(query.keys()):
                     if key == "api":
                         continue
@@ -260,7 +264,7 @@ class HttpApi:
             if key in body and body[key] != value:
                 raise invalid_argument(f"{key} is {text!r} in the path but {body[key]!r} in the body", f"$.{key}")
             body[key] = value
-        return route, body
+        return body
 
     def _query_body(self, route: ApiRoute, query: Any) -> dict[str, Any]:
         body: dict[str, Any] = {"conditions": [parse_condition(q) for q in query.getlist("q")]}
@@ -289,13 +293,25 @@ class HttpApi:
     # -- endpoints --------------------------------------------------------------------------
 
     async def call(self, request: Request, routes: list[ApiRoute]) -> Response:
+        session = session_of(request)
         try:
-            route, body = await self.build_body(request, routes)
-            msg = self.node.api.build(route.name, body)
+            route, data = await self.select(request, routes)
+            # The session is checked before the parameters: without one, every API but the
+            # session-free ones answers 401 whatever it was sent.
+            caller = None
+            if not issubclass(route.message, SESSION_FREE):
+                if session is None:
+                    raise SysErrors.exc("1013", f"{route.name} needs a session: log in with LogInByAccount and "
+                                                "send 'Authorization: OAuth <session uuid>'")
+                caller = await self.node.services["identity"].resolve(session)
+            msg = self.node.api.build(route.name, self.build_body(request, route, data))
         except ZStackError as exc:
             return error_response(exc.error, self.node)
-        msg.session_uuid = session_of(request)
+        msg.session_uuid = session
         msg.headers[REQUIRE_SESSION] = True
+        if caller is not None:
+            msg.headers["account_uuid"] = caller.account_uuid
+            msg.headers["account_type"] = caller.account_type
         outcome = await self.node.api.submit(msg)
         if isinstance(outcome, ApiJob):
             location = f"{request.scope.get('root_path', '')}/v1/api-jobs/{outcome.id}"

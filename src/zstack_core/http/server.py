@@ -25,13 +25,17 @@ log = logging.getLogger("zstack.http")
 
 
 class HttpServer:
-    """The HTTP API of ``node`` on ``host``:``port`` (port 0: any free port)."""
+    """The HTTP API of ``node`` on ``host``:``port`` (port 0: any free port).
 
-    def __init__(self, node: ManagementNode, host: str, port: int) -> None:
+    ``app`` serves another ASGI application instead (one that mounts :func:`create_app`'s), on
+    the node's loop, as an embedding program would.
+    """
+
+    def __init__(self, node: ManagementNode, host: str, port: int, app: Any = None) -> None:
         self.node = node
         self.host = host
         self.port = port
-        self.app = create_app(node)
+        self.app = app if app is not None else create_app(node)
         config = uvicorn.Config(self.app, host=host, port=port, lifespan="off", log_config=None,
                                 access_log=False, server_header=False, timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
