@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 from xml.sax.saxutils import escape
@@ -106,6 +107,10 @@ def ensure_pool(conn: libvirt.virConnect, name: str, path: str) -> StorageCapaci
             except libvirt.libvirtError:
                 log.warning("could not undefine storage pool %s after a failed start", name)
             raise _fail(f"starting storage pool {name} at {path}", exc2) from None
+    else:
+        target = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")
+        if target is not None and os.path.normpath(target) != os.path.normpath(path):
+            raise PrimaryStorageErrors.exc("1002", f"storage pool {name} on this host is at {target}, not {path}")
     try:
         if not pool.isActive():
             pool.create(0)
