@@ -1,10 +1,13 @@
 """The database: peewee models of every plugin, their migrations, and I/O off the event loop.
 
 One database per cluster of nodes: an SQLite file under the data directory by default (WAL mode,
-one process), PostgreSQL or MySQL/MariaDB by URL when several nodes share it. Plugins contribute
+one process), PostgreSQL or MySQL/MariaDB by URL when several nodes share it
+(``database.url``: ``postgresql://user:pw@host/db``, ``mysql://user:pw@host/db`` with PyMySQL). Plugins contribute
 models and numbered migrations through ``zstack_models``; at start-up each plugin's schema is
 created or upgraded and its version recorded in ``schema_version``. A database written by a newer
-version of a plugin stops start-up instead of being damaged.
+version of a plugin stops start-up instead of being damaged. Each plugin's upgrade runs in one
+transaction: on PostgreSQL and SQLite a failed migration leaves nothing behind; MySQL/MariaDB
+commit DDL statements at once, so there only the recorded version is kept.
 
 Every query runs in :class:`Database`'s worker threads (``await db.run(fn)``), never on the event
 loop thread. SQLite gets a single worker, so writers never contend for its one lock; servers get
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import attrs
 import peewee
@@ -175,7 +179,12 @@ class Database:
                 check_same_thread=False,
             )
         else:
-            self.db = db_url.connect(url)
+            scheme = urlsplit(url).scheme
+            if scheme not in db_url.schemes:
+                raise ValueError(f"database.url has an unsupported scheme {scheme!r}: use sqlite:///PATH, "
+                                 "postgresql://USER:PASSWORD@HOST:PORT/DATABASE or "
+                                 "mysql://USER:PASSWORD@HOST:PORT/DATABASE")
+            self.db = db_url.connect(url, **_server_options(url))
         workers = 1 if self.is_sqlite else 8
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zstack-db")
 
@@ -255,9 +264,13 @@ class Database:
                 except Exception as exc:
                     # Where DDL is transactional (PostgreSQL, SQLite) nothing of the upgrade is
                     # left; the schema stays at ``current``.
+                    note = ""
+                    if isinstance(self.db, peewee.MySQLDatabase):
+                        note = (" (MySQL/MariaDB cannot roll back DDL: what the migration changed before it "
+                                "failed is still there; repair it by hand before starting again)")
                     raise SchemaError(f"upgrading the schema of {reg.name!r} from version {current} to {target} "
                                       f"failed at {step}: {type(exc).__name__}: {exc}; the schema stays at "
-                                      f"version {current}") from exc
+                                      f"version {current}{note}") from exc
                 done[reg.name] = (current, target)
         return done
 
@@ -281,6 +294,24 @@ class _nullcontext:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _server_options(url: str) -> dict[str, Any]:
+    """``db_url.connect`` options for a server URL.
+
+    User and password are percent-decoded, as in any URL (a password may contain ``@``).
+    MySQL/MariaDB: ``DATETIME(6)`` keeps microseconds (plain ``DATETIME`` drops them, so times
+    would not round-trip), ``LONGTEXT`` lifts ``TEXT``'s 64 KiB limit (job results, config
+    values), and the password goes to PyMySQL as ``password`` (peewee passes the deprecated
+    ``passwd``, a DeprecationWarning on every connection).
+    """
+    options: dict[str, Any] = {"unquote_user": True, "unquote_password": True}
+    parsed = urlsplit(url)
+    if parsed.scheme.split("+", 1)[0] == "mysql":
+        options["field_types"] = {"DATETIME": "DATETIME(6)", "TEXT": "LONGTEXT"}
+        if parsed.password is not None:
+            options["password"] = unquote(parsed.password)
+    return options
 
 
 def _sqlite_path(url: str) -> str:

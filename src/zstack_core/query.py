@@ -188,11 +188,19 @@ class QueryEngine:
                                        f"({_kind(field)})", where + ".op")
             if not isinstance(cond.value, str):
                 raise invalid_argument("like needs a text pattern ('%' matches anything)", where + ".value")
-            expr = field ** cond.value  # peewee's ILIKE: case-insensitive on every backend
+            expr = self._ilike(field, cond.value)
             return expr if op == "like" else ~expr
         value = self._coerce(field, cond.value, where + ".value")
         return {"=": field == value, "!=": field != value, ">": field > value, ">=": field >= value,
                 "<": field < value, "<=": field <= value}[op]
+
+    def _ilike(self, field: peewee.Field, pattern: str) -> Any:
+        """Case-insensitive LIKE. peewee's ``**`` is ILIKE on PostgreSQL and LIKE on SQLite (which
+        ignores ASCII case); on MySQL/MariaDB it is a plain LIKE whose case rule is the column's
+        collation, so both sides are lowered there."""
+        if self.db is not None and isinstance(self.db.db, peewee.MySQLDatabase):
+            return peewee.fn.LOWER(field) ** peewee.fn.LOWER(pattern)
+        return field ** pattern
 
     def _tag_expression(self, resource: QueryableResource, op: str, value: Any, where: str) -> Any:
         from .tags import SystemTagVO
@@ -202,7 +210,7 @@ class QueryEngine:
         if op in ("=", "!="):
             sub = sub.where(SystemTagVO.tag == str(value))
         elif op in ("like", "not like"):
-            sub = sub.where(SystemTagVO.tag ** str(value))
+            sub = sub.where(self._ilike(SystemTagVO.tag, str(value)))
         elif op in ("in", "not in"):
             values = value if isinstance(value, list) else str(value).split(",")
             sub = sub.where(SystemTagVO.tag.in_([str(v) for v in values]))

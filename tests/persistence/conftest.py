@@ -1,11 +1,18 @@
-"""Fixtures for the persistence tests: every database-backed test runs on SQLite and on a real
-PostgreSQL server (the session's throwaway cluster from ``tests/conftest.py``), each test with a
-database of its own.
+"""Fixtures for the persistence tests: every database-backed test runs on SQLite, on a real
+PostgreSQL server (the session's throwaway cluster from ``tests/conftest.py``) and on a real
+MariaDB server (``mariadb_server`` below), each test with a database of its own.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +21,15 @@ from typing import Any
 import psycopg2
 import pytest
 
+try:
+    import pymysql
+except ImportError:  # pragma: no cover - PyMySQL is a dev dependency
+    pymysql = None
+
 from zstack_core import ManagementNode
 
-BACKENDS = ["sqlite", "postgresql"]
+BACKENDS = ["sqlite", "postgresql", "mariadb"]
+MARIADB = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -56,9 +69,89 @@ def _drop_pg_database(server_url: str, name: str) -> None:
         conn.close()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[str]:
+    """A throwaway MariaDB server on a free loopback port; yields ``mysql://root@127.0.0.1:PORT``.
+
+    Started with ``--skip-grant-tables`` (anyone on loopback may connect: it lives for one test
+    session in a temporary directory), stopped and removed at the end.
+    """
+    if pymysql is None:
+        pytest.skip("PyMySQL is not installed (pip install PyMySQL)")
+    if not (Path(MARIADB).exists() and shutil.which("mariadb-install-db")):
+        pytest.skip("MariaDB server not found (apt-get install mariadb-server)")
+    try:
+        owner = pwd.getpwnam("mysql") if os.geteuid() == 0 else None
+    except KeyError:
+        pytest.skip("running as root and there is no 'mysql' user to run MariaDB as")
+    base = Path(tempfile.mkdtemp(prefix="zstack-mariadb-"))
+    user = ["--user=mysql"] if owner else []
+    if owner is not None:
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+    data, port = base / "data", _free_port()
+    install = subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", *user,
+                              "--auth-root-authentication-method=normal", "--skip-test-db"],
+                             capture_output=True, text=True, timeout=120)
+    if install.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        raise RuntimeError(f"mariadb-install-db failed:\n{install.stdout}{install.stderr}")
+    server = subprocess.Popen([MARIADB, "--no-defaults", f"--datadir={data}", *user, f"--socket={base}/sock",
+                               f"--port={port}", "--bind-address=127.0.0.1", "--skip-grant-tables",
+                               "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
+                               f"--log-error={base}/error.log"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pymysql.connect(host="127.0.0.1", port=port, user="root").close()
+                break
+            except pymysql.err.OperationalError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log = (base / "error.log").read_text() if (base / "error.log").exists() else ""
+                    raise RuntimeError(f"MariaDB did not start:\n{log}") from None
+                time.sleep(0.1)
+        yield f"mysql://root@127.0.0.1:{port}"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _mariadb(server_url: str, sql: str) -> None:
+    host, port = server_url.removeprefix("mysql://root@").split(":")
+    conn = pymysql.connect(host=host, port=int(port), user="root", autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
 def database_url(backend: str, request: pytest.FixtureRequest, directory: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{directory / 'zstack.db'}"
+        return
+    if backend == "mariadb":
+        # utf8mb4_nopad_bin: '=' and sorting by code point, as on SQLite (the default collation
+        # ignores case and trailing spaces in '=').
+        server = request.getfixturevalue("mariadb_server")
+        name = f"zs_{uuid.uuid4().hex[:12]}"
+        _mariadb(server, f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin")
+        try:
+            yield f"{server}/{name}"
+        finally:
+            _mariadb(server, f"DROP DATABASE IF EXISTS {name}")
         return
     server = request.getfixturevalue("postgres_url")
     url, name = _create_pg_database(server)

@@ -4,10 +4,12 @@ error naming the key, the file and line, and the closest known key."""
 
 from __future__ import annotations
 
+import socket
 import textwrap
 from pathlib import Path
 
 import psycopg2
+import pymysql
 import pytest
 
 from zstack_core import GlobalProperty, ManagementNode, NodeStartError
@@ -78,10 +80,19 @@ async def test_database_url_from_zstack_toml(tmp_path: Path, data_dir: Path, db_
         assert not (data_dir / "zstack.db").exists()  # not the default SQLite file
     if db_url.startswith("sqlite"):
         assert Path(db_url.removeprefix("sqlite:///")).exists()
+        return
+    # The kernel's schema is in the server database the file named.
+    if db_url.startswith("postgresql"):
+        conn = psycopg2.connect(db_url)
     else:
-        with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
-            cur.execute("SELECT plugin, version FROM schema_version WHERE plugin = 'zstack_core'")
-            assert cur.fetchall() == [("zstack_core", 1)]
+        host, port_db = db_url.removeprefix("mysql://root@").split(":")
+        port, database = port_db.split("/")
+        conn = pymysql.connect(host=host, port=int(port), user="root", database=database)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT plugin, version FROM schema_version WHERE plugin = 'zstack_core'")
+        assert [tuple(r) for r in cur.fetchall()] == [("zstack_core", 1)]
+    finally:
         conn.close()
 
 
@@ -197,3 +208,26 @@ async def test_top_level_dotted_keys_are_found_on_their_line(tmp_path: Path, dat
     """)
     message = await start_error(lab_node(config, data_dir))
     assert message == f"unknown key 'api.prot' in {config}, line 2; did you mean 'api.port'?"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once the socket is closed
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+async def test_unreachable_database_stops_start_up_without_leaking_the_password(data_dir: Path, scheme: str) -> None:
+    url = f"{scheme}://zstack:s3cret@127.0.0.1:{closed_port()}/zstack"
+    message = await start_error(ManagementNode(data_dir=data_dir, load_entry_points=False,
+                                               settings={"database.url": url}))
+    assert message.startswith(f"cannot open the database {scheme}://zstack:***@127.0.0.1:")
+    assert "s3cret" not in message
+    assert "database unavailable" in message and ("refused" in message or "Can't connect" in message)
+
+
+@pytest.mark.parametrize(("url", "scheme"), [("oracle://db/zstack", "oracle"), ("/var/lib/zstack.db", "")])
+async def test_unknown_database_scheme(data_dir: Path, url: str, scheme: str) -> None:
+    message = await start_error(ManagementNode(data_dir=data_dir, load_entry_points=False,
+                                               settings={"database.url": url}))
+    assert f"database.url has an unsupported scheme {scheme!r}: use sqlite:///PATH, postgresql://" in message
