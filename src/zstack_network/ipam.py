@@ -1,0 +1,341 @@
+"""IP address management: which addresses are free, how one is picked, and how it is taken.
+
+Two layers:
+
+* pure logic, no database: :func:`parse_range` validates a range against its subnet;
+  :class:`FreeIpSpace` is the free addresses of some ranges minus used and reserved ones, as an
+  indexable sequence that costs O(log n) per element, so a strategy can pick the first or a
+  random free address of a /8 without listing sixteen million integers; the strategies
+  (:class:`FirstAvailable`, :class:`Random`) are registered through
+  ``zstack_ip_allocation_strategies`` like anyone else's.
+* :func:`allocate_ip_sync`, which runs in a database thread inside a write transaction: it reads
+  the ranges and used addresses, lets the strategy choose, and inserts the ``UsedIpVO`` row. The
+  row's unique key ``(l3_network_uuid, ip_int)`` is the guarantee: when another process or node
+  took the address first, the insert fails, the savepoint is rolled back and the allocation
+  tries again with a fresh view. Nothing in memory is trusted across transactions.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import logging
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, overload
+
+import attrs
+import peewee
+
+from zstack_core.db import new_uuid
+from zstack_core.errors import invalid_argument
+from zstack_core.header.backends import IpAllocationStrategy
+
+from .errors import L3Errors
+
+__all__ = [
+    "FirstAvailable",
+    "FreeIpSpace",
+    "ParsedRange",
+    "Random",
+    "allocate_ip_sync",
+    "int_to_ip",
+    "ip_to_int",
+    "parse_cidr",
+    "parse_ip",
+    "parse_range",
+]
+
+log = logging.getLogger("zstack.network.ipam")
+
+MAX_ATTEMPTS = 64
+"""Inserts tried per allocation before giving up; each retry follows a clash with another
+allocator and sees its address as used, so this bounds contention, not range size."""
+
+
+def parse_ip(text: str, field: str) -> ipaddress.IPv4Address:
+    """``text`` as an IPv4 address, or ``SYS.1007`` naming ``field``."""
+    try:
+        return ipaddress.IPv4Address(text.strip() if isinstance(text, str) else text)
+    except (ipaddress.AddressValueError, ValueError, TypeError):
+        raise invalid_argument(f"{text!r} is not an IPv4 address", field) from None
+
+
+def parse_netmask(text: str, field: str) -> int:
+    """The prefix length of netmask ``text`` (``255.255.255.0`` -> 24), or ``SYS.1007``."""
+    try:
+        return ipaddress.IPv4Network(f"0.0.0.0/{text.strip()}").prefixlen
+    except (ipaddress.NetmaskValueError, ValueError, TypeError, AttributeError):
+        raise invalid_argument(f"{text!r} is not an IPv4 netmask", field) from None
+
+
+def parse_cidr(text: str, field: str) -> ipaddress.IPv4Network:
+    """``text`` as a network (``10.0.0.0/24``; host bits must be zero), or ``SYS.1007``."""
+    try:
+        return ipaddress.IPv4Network(text.strip())
+    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError, TypeError, AttributeError) as exc:
+        raise invalid_argument(f"{text!r} is not an IPv4 CIDR: {exc}", field) from None
+
+
+def ip_to_int(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+def int_to_ip(value: int) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+@attrs.frozen(kw_only=True)
+class ParsedRange:
+    """A validated range: ``start``..``end`` inside ``network``, ``gateway`` outside the range."""
+
+    start: int
+    end: int
+    gateway: int
+    network: ipaddress.IPv4Network
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return self.start <= end and start <= self.end
+
+
+def parse_range(start_ip: str, end_ip: str, netmask: str, gateway: str) -> ParsedRange:
+    """Validate a range: addresses well-formed (``SYS.1007``), then ``L3.1005`` when start is
+    after end, the range or gateway leaves the subnet, the range includes the subnet's network or
+    broadcast address, or the gateway lies inside the range."""
+    start = parse_ip(start_ip, "startIp")
+    end = parse_ip(end_ip, "endIp")
+    prefix = parse_netmask(netmask, "netmask")
+    gw = parse_ip(gateway, "gateway")
+    network = ipaddress.IPv4Network(f"{start}/{prefix}", strict=False)
+    if prefix > 30:
+        raise L3Errors.exc("1005", f"netmask {netmask} (/{prefix}) leaves no room for a gateway and hosts; use /30 or wider")
+    if int(start) > int(end):
+        raise L3Errors.exc("1005", f"startIp {start} is after endIp {end}")
+    if end not in network:
+        raise L3Errors.exc("1005", f"endIp {end} is outside {network} (startIp {start}, netmask {netmask})")
+    if gw not in network:
+        raise L3Errors.exc("1005", f"gateway {gw} is outside {network}")
+    for special, what in ((network.network_address, "network"), (network.broadcast_address, "broadcast")):
+        if int(start) <= int(special) <= int(end):
+            raise L3Errors.exc("1005", f"the range {start}-{end} includes the {what} address {special} of {network}")
+    if int(start) <= int(gw) <= int(end):
+        raise L3Errors.exc("1005", f"gateway {gw} is inside the range {start}-{end}; a gateway is never handed out, "
+                                   "so keep it outside the range")
+    return ParsedRange(start=int(start), end=int(end), gateway=int(gw), network=network)
+
+
+def range_of_cidr(network_cidr: str, gateway: str | None) -> tuple[ParsedRange, str]:
+    """The range of every host address of ``network_cidr`` except the gateway (default: the
+    first host), and the netmask. The gateway must be the first or last host address so the
+    rest is one contiguous range."""
+    network = parse_cidr(network_cidr, "networkCidr")
+    if network.prefixlen > 30:
+        raise L3Errors.exc("1005", f"{network} has no room for a gateway and hosts; use /30 or wider")
+    first, last = int(network.network_address) + 1, int(network.broadcast_address) - 1
+    gw = int(parse_ip(gateway, "gateway")) if gateway else first
+    if gw == first:
+        start, end = first + 1, last
+    elif gw == last:
+        start, end = first, last - 1
+    elif int(network.network_address) <= gw <= int(network.broadcast_address):
+        raise L3Errors.exc("1005", f"gateway {int_to_ip(gw)} must be the first ({int_to_ip(first)}) or last "
+                                   f"({int_to_ip(last)}) host address of {network}")
+    else:
+        raise L3Errors.exc("1005", f"gateway {int_to_ip(gw)} is outside {network}")
+    return ParsedRange(start=start, end=end, gateway=gw, network=network), str(network.netmask)
+
+
+class FreeIpSpace(Sequence[int]):
+    """The free addresses (as integers, ascending) of ``segments`` minus ``excluded``.
+
+    ``segments`` are inclusive ``(start, end)`` pairs that do not overlap; ``excluded`` may hold
+    anything (addresses outside every segment are ignored). Length and indexing cost
+    O(log n), so strategies can choose among millions of addresses cheaply.
+    """
+
+    def __init__(self, segments: Iterable[tuple[int, int]], excluded: Iterable[int] = ()) -> None:
+        self._segments = sorted(segments)
+        for (s1, e1), (s2, _) in zip(self._segments, self._segments[1:]):
+            if s2 <= e1:
+                raise ValueError(f"segments overlap: {s1}-{e1} and {s2}")
+        self._excluded: list[list[int]] = []
+        self._counts: list[int] = []  # free addresses in each segment
+        all_excluded = sorted(set(excluded))
+        for start, end in self._segments:
+            lo, hi = bisect.bisect_left(all_excluded, start), bisect.bisect_right(all_excluded, end)
+            inside = all_excluded[lo:hi]
+            self._excluded.append(inside)
+            self._counts.append(end - start + 1 - len(inside))
+        self._total = sum(self._counts)
+
+    def __len__(self) -> int:
+        return self._total
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._total))]
+        if index < 0:
+            index += self._total
+        if not 0 <= index < self._total:
+            raise IndexError(index)
+        for (start, _), excluded, count in zip(self._segments, self._excluded, self._counts):
+            if index < count:
+                return _nth_free(start, excluded, index)
+            index -= count
+        raise IndexError(index)  # pragma: no cover - counts add up to the total
+
+    def __iter__(self) -> Iterator[int]:
+        for (start, end), excluded in zip(self._segments, self._excluded):
+            skip = set(excluded)
+            for value in range(start, end + 1):
+                if value not in skip:
+                    yield value
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int):
+            return False
+        for (start, end), excluded in zip(self._segments, self._excluded):
+            if start <= value <= end:
+                i = bisect.bisect_left(excluded, value)
+                return not (i < len(excluded) and excluded[i] == value)
+        return False
+
+    def from_value(self, value: int) -> Iterator[int]:
+        """Free addresses >= ``value``, ascending."""
+        for (start, end), excluded in zip(self._segments, self._excluded):
+            if end < value:
+                continue
+            skip = set(excluded)
+            for candidate in range(max(start, value), end + 1):
+                if candidate not in skip:
+                    yield candidate
+
+
+def _nth_free(start: int, excluded: list[int], n: int) -> int:
+    """The n-th (0-based) address >= ``start`` not in sorted ``excluded`` (all >= start)."""
+    # Before excluded[j], start + n + j would be the answer if exactly j exclusions come first.
+    lo, hi = 0, len(excluded)
+    while lo < hi:  # find how many exclusions lie at or below the answer
+        mid = (lo + hi) // 2
+        if excluded[mid] <= start + n + mid:
+            lo = mid + 1
+        else:
+            hi = mid
+    return start + n + lo
+
+
+class FirstAvailable(IpAllocationStrategy):
+    """The lowest free address: predictable, and what ZStack does by default."""
+
+    name = "FirstAvailable"
+
+    def choose(self, free: Sequence[int], used: set[int]) -> int | None:
+        return free[0] if len(free) else None
+
+
+class Random(IpAllocationStrategy):
+    """A uniformly random free address: fewer clashes when many allocators race, and freed
+    addresses are not handed straight to the next VM."""
+
+    name = "Random"
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.SystemRandom()
+
+    def choose(self, free: Sequence[int], used: set[int]) -> int | None:
+        return free[self._rng.randrange(len(free))] if len(free) else None
+
+
+@attrs.frozen(kw_only=True)
+class Allocation:
+    """What :func:`allocate_ip_sync` took."""
+
+    used_ip_uuid: str
+    ip: str
+    ip_int: int
+    ip_range_uuid: str
+    netmask: str
+    gateway: str
+    attempts: int
+
+
+def free_space_sync(l3_uuid: str, ip_range_uuid: str | None = None,
+                    also_excluded: Iterable[int] = ()) -> tuple[FreeIpSpace, list[Any], set[int]]:
+    """The free addresses of an L3 network (or of one of its ranges), its ranges, and its used
+    addresses (database thread). Free means: in a range, not used, not reserved, not a gateway."""
+    from .models import IpRangeVO, ReservedIpRangeVO, UsedIpVO
+
+    ranges = list(IpRangeVO.select().where(IpRangeVO.l3_network_uuid == l3_uuid).order_by(IpRangeVO.start_int))
+    if ip_range_uuid is not None:
+        ranges = [r for r in ranges if r.uuid == ip_range_uuid]
+    used = {v for (v,) in UsedIpVO.select(UsedIpVO.ip_int).where(UsedIpVO.l3_network_uuid == l3_uuid).tuples()}
+    excluded = [*used, *also_excluded, *(ip_to_int(r.gateway) for r in ranges)]
+    reserved = ReservedIpRangeVO.select(ReservedIpRangeVO.start_int, ReservedIpRangeVO.end_int).where(
+        ReservedIpRangeVO.l3_network_uuid == l3_uuid).tuples()
+    for start, end in reserved:
+        for r in ranges:  # clipped to the ranges: a huge reservation costs nothing
+            excluded.extend(range(max(start, r.start_int), min(end, r.end_int) + 1))
+    return FreeIpSpace([(r.start_int, r.end_int) for r in ranges], excluded), ranges, used
+
+
+def allocate_ip_sync(l3_uuid: str, strategy: IpAllocationStrategy, requested: str | None = None,
+                     vm_nic_uuid: str | None = None) -> Allocation:
+    """Take an address of ``l3_uuid``: ``requested`` if given, else one ``strategy`` chooses.
+
+    Runs in a database thread, inside the caller's write transaction. Raises ``L3.1002`` when
+    nothing is free, ``L3.1003`` when ``requested`` is in no range, ``L3.1004`` when it is used,
+    reserved or the gateway.
+    """
+    from .models import UsedIpVO
+
+    clashed: set[int] = set()
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        # A fresh view each time: after a clash it includes the address the other side took.
+        space, ranges, used = free_space_sync(l3_uuid, also_excluded=clashed)
+        if not ranges:
+            raise L3Errors.exc("1002", f"L3 network {l3_uuid} has no IP range")
+        if requested is not None:
+            value = ip_to_int(requested)
+            if not any(r.start_int <= value <= r.end_int for r in ranges):
+                raise L3Errors.exc("1003", f"{requested} is in no IP range of L3 network {l3_uuid}")
+            if value not in space:
+                raise L3Errors.exc("1004", f"{requested} is in use, reserved or the gateway of L3 network {l3_uuid}")
+        else:
+            choice = strategy.choose(space, used)
+            if choice is None:
+                raise L3Errors.exc("1002", f"L3 network {l3_uuid} has no free IP address")
+            if choice not in space:
+                raise L3Errors.exc("1000", f"strategy {strategy.name} chose {int_to_ip(choice)}, which is not free")
+            value = choice
+        rng = next(r for r in ranges if r.start_int <= value <= r.end_int)
+        row_uuid = new_uuid()
+        try:
+            with UsedIpVO._meta.database.atomic():  # a savepoint: a clash undoes only this insert
+                UsedIpVO.insert(uuid=row_uuid, l3_network_uuid=l3_uuid, ip_range_uuid=rng.uuid, ip=int_to_ip(value),
+                                ip_int=value, vm_nic_uuid=vm_nic_uuid).execute()
+        except peewee.IntegrityError:
+            if requested is not None:
+                raise L3Errors.exc("1004", f"{requested} was just taken by another allocation") from None
+            log.info("address %s of L3 %s was taken concurrently (attempt %d); retrying", int_to_ip(value),
+                     l3_uuid, attempt)
+            STATS["clashes"] += 1
+            clashed.add(value)
+            continue
+        return Allocation(used_ip_uuid=row_uuid, ip=int_to_ip(value), ip_int=value, ip_range_uuid=rng.uuid,
+                          netmask=rng.netmask, gateway=rng.gateway, attempts=attempt)
+    raise L3Errors.exc("1002", f"no address of L3 network {l3_uuid} could be taken in {MAX_ATTEMPTS} attempts "
+                               "(too much contention)")
+
+
+STATS = {"clashes": 0}
+"""Inserts that lost a race to another allocator in this process (and were retried)."""
