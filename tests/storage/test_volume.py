@@ -101,3 +101,41 @@ async def test_without_compute_hosts_and_vms_are_unknown(storage_node: Managemen
 async def test_local_primary_storage_needs_an_absolute_directory(storage_node: ManagementNode, url: str) -> None:
     error = await refused(storage_node, "AddLocalPrimaryStorage", name="ls", zoneUuid="0" * 32, url=url)
     assert error.code == "SYS.1007" and error.error.opaque["field"] == "url"
+
+
+# -- the VM-create check, called as compute calls it --------------------------------------------
+
+
+def spec_of(**kwargs: Any) -> Any:
+    from zstack_core.header.compute import VmInstanceInventory, VmInstanceSpec
+
+    return VmInstanceSpec(vm=VmInstanceInventory(uuid="f" * 32, name="vm", state="Created"), **kwargs)
+
+
+async def test_vm_create_check(storage_node: ManagementNode, qcow2_image: Any, iso_image: Any) -> None:
+    from .test_image import add_image
+
+    check = storage_node.hooks.vm_create_check
+    qcow2 = (await add_image(storage_node, name="q", url=str(qcow2_image), format="qcow2")).result["inventory"]["uuid"]  # type: ignore[index]
+    iso = (await add_image(storage_node, name="i", url=str(iso_image), format="iso")).result["inventory"]["uuid"]  # type: ignore[index]
+    data = (await add_image(storage_node, name="d", url=str(qcow2_image), format="qcow2",
+                            mediaType="DataVolumeTemplate")).result["inventory"]["uuid"]  # type: ignore[index]
+    offering = (await storage_node.api_call("CreateDiskOffering", name="o", diskSize=GiB)).inventory.uuid
+    await check(spec_of(image_uuid=qcow2, data_disk_offering_uuids=[offering], data_disk_sizes=[GiB]))
+    await check(spec_of())  # a VM without an image gets no root volume: nothing to refuse
+    await check(spec_of(image_uuid=iso, root_disk_size=GiB))
+
+    async def code(**kwargs: Any) -> str:
+        with pytest.raises(ZStackError) as info:
+            await check(spec_of(**kwargs))
+        return info.value.code
+
+    assert await code(image_uuid="0" * 32) == "SYS.1004"
+    assert await code(image_uuid=data) == "IMAGE.1000"
+    assert await code(image_uuid=iso) == "VOLUME.1000"  # an ISO needs a root disk size
+    assert await code(image_uuid=qcow2, root_disk_size=0) == "VOLUME.1000"
+    assert await code(image_uuid=qcow2, data_disk_sizes=[-1]) == "VOLUME.1000"
+    assert await code(image_uuid=qcow2, data_disk_offering_uuids=["0" * 32]) == "SYS.1004"
+    assert await code(image_uuid=qcow2, data_disk_sizes=[GiB] * 25) == "VOLUME.1003"  # 24 by default
+    await storage_node.api_call("DeleteImage", uuid=qcow2)
+    assert await code(image_uuid=qcow2) == "IMAGE.1005"
