@@ -143,7 +143,10 @@ class QueryEngine:
             if isinstance(field, (peewee.IntegerField, peewee.BigIntegerField)):
                 if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                     raise ValueError
-                return int(value)
+                number = int(value)
+                if not -(2**63) <= number < 2**63:  # no column holds it; the driver would raise
+                    raise ValueError
+                return number
             if isinstance(field, peewee.FloatField):
                 if isinstance(value, bool):
                     raise ValueError

@@ -30,6 +30,9 @@ def camel(name: str) -> str:
 converter = cattrs.Converter(forbid_extra_keys=True)
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _strict(kind: type, accepts: tuple[type, ...]) -> Any:
     # cattrs' default hooks coerce (str(1), int("3"), int(3.7)); an API must refuse instead.
     def hook(value: Any, _: Any) -> Any:
@@ -37,6 +40,9 @@ def _strict(kind: type, accepts: tuple[type, ...]) -> Any:
             raise TypeError(f"expected {kind.__name__}, got bool")
         if not isinstance(value, accepts):
             raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+        if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
+            # Every database column is at most 64 bits: refuse here rather than fail on insert.
+            raise ValueError(f"integer out of range: {value} (integers are 64-bit)")
         return kind(value)
 
     return hook
