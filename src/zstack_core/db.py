@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -187,6 +188,8 @@ class Database:
             self.db = db_url.connect(url, **_server_options(url))
         workers = 1 if self.is_sqlite else 8
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zstack-db")
+        self._local = threading.local()  # per worker: the generation its connection was opened in
+        self._generation = 0
 
     # -- running work off the loop ------------------------------------------------------------
 
@@ -205,13 +208,34 @@ class Database:
             return await loop.run_in_executor(self._executor, self._call, fn, args)
         except peewee.IntegrityError as exc:
             raise SysErrors.exc("1015", f"database constraint: {exc}") from exc
+        except peewee.DataError as exc:  # a value the column cannot hold (too long, out of range)
+            raise SysErrors.exc("1007", f"the database refused a value: {exc}".strip()) from exc
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            raise SysErrors.exc("1006", f"database unavailable: {exc}") from exc
+            raise SysErrors.exc("1006", f"database unavailable: {exc}".strip()) from exc
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        # peewee keeps a connection the server dropped (restart, failover, idle timeout) and
+        # fails on it forever. A failure outside a transaction therefore drops this thread's
+        # connection and bumps the generation, so every worker reconnects before its next call:
+        # one call fails with SYS.1006, the next ones work again.
+        if not self.is_sqlite and getattr(self._local, "generation", self._generation) != self._generation:
+            self._drop_connection()
         if self.db.is_closed():
             self.db.connect(reuse_if_open=True)
-        return fn(*args)
+            self._local.generation = self._generation
+        try:
+            return fn(*args)
+        except (peewee.OperationalError, peewee.InterfaceError):
+            if not self.is_sqlite and not self.db.in_transaction():
+                self._generation += 1
+                self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        try:
+            self.db.close()
+        except Exception:  # the connection is already unusable; forget it all the same
+            self.db._state.reset()
 
     async def atomic(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in one transaction in a database thread."""

@@ -23,6 +23,8 @@ from .errors import invalid_argument
 __all__ = ["PatternedSystemTag", "SystemTagVO", "SystemTags"]
 
 _TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MAX_TAG_LENGTH = 1024
+"""The longest tag the ``system_tag`` table holds."""
 
 
 @attrs.frozen(kw_only=True)
@@ -89,7 +91,7 @@ class SystemTagVO(BaseModel):
     uuid = peewee.CharField(primary_key=True, max_length=32, default=new_uuid)
     resource_uuid = peewee.CharField(max_length=32, index=True)
     resource_type = peewee.CharField(max_length=64)
-    tag = peewee.CharField(max_length=1024, index=True)
+    tag = peewee.CharField(max_length=MAX_TAG_LENGTH, index=True)
     created_at = peewee.DateTimeField(default=utcnow)
 
     class Meta:
@@ -125,6 +127,9 @@ class SystemTags:
         for i, tag in enumerate(tags):
             if not isinstance(tag, str) or not tag:
                 raise invalid_argument(f"system tag #{i} must be a non-empty string", f"$.systemTags[{i}]")
+            if len(tag) > MAX_TAG_LENGTH:  # SQLite would store it, PostgreSQL and MySQL would not
+                raise invalid_argument(f"system tag #{i} is {len(tag)} characters long; the limit is "
+                                       f"{MAX_TAG_LENGTH}", f"$.systemTags[{i}]")
             if self.pattern_of(tag, resource_type) is not None:
                 continue
             other = self.pattern_of(tag)
