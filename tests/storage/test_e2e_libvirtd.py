@@ -54,6 +54,8 @@ def pool_dir() -> Any:
 @pytest.fixture
 async def node(libvirtd: str, data_dir: Path) -> AsyncIterator[ManagementNode]:
     async with ManagementNode(data_dir=data_dir) as n:
+        if "CreateVmInstance" not in n.api.registrations:  # until zstack-kvm's VM service lands
+            pytest.skip("zstack-kvm does not serve CreateVmInstance yet")
         yield n
 
 

@@ -101,6 +101,8 @@ class Cloud:
 async def cloud(data_dir: Path, qcow2_image: Path) -> AsyncIterator[Cloud]:
     boom = FailAfterVolumes()
     async with ManagementNode(data_dir=data_dir, plugins=[boom]) as node:
+        if "CreateVmInstance" not in node.api.registrations:  # until zstack-kvm's VM service lands
+            pytest.skip("zstack-kvm does not serve CreateVmInstance yet")
         zone = (await node.api_call("CreateZone", name="zone")).inventory.uuid
         cluster = (await node.api_call("CreateCluster", name="cluster", zoneUuid=zone)).inventory.uuid
         c = Cloud(node=node, zone=zone, cluster=cluster, hosts=[], ps="", image="", boom=boom)
