@@ -109,7 +109,7 @@ class VolumeAllocation(PrimaryStorageHandlers):
         async def ensure() -> VolumeFacts:
             row = await self.node.db.run(lambda: C.get_or_none(where))
             if row is not None and row.status == "Ready":
-                return VolumeFacts(install_path=row.install_path, size=row.virtual_size, actual_size=row.size,
+                return VolumeFacts(install_path=row.install_path or "", size=row.virtual_size, actual_size=row.size,
                                    format=row.format)
             source = await self.image_path(image.uuid)
             if image.status != "Ready" or not source:

@@ -26,8 +26,9 @@ RESERVED_CAPACITY = ("primaryStorage", "reservedCapacity")
 
 
 def not_found(kind: str, uuid: str, field: str | None = None) -> Exception:
-    opaque = {"field": field} if field else {}
-    return SysErrors.exc("1004", f"no {kind} {uuid}", **opaque)
+    if field:
+        return SysErrors.exc("1004", f"no {kind} {uuid}", field=field)
+    return SysErrors.exc("1004", f"no {kind} {uuid}")
 
 
 class StorageBase(Service):

@@ -79,7 +79,7 @@ def allocated_sync(ps_uuid: str, host_uuid: str) -> int:
 def _refresh_physical_sync(ps_uuid: str) -> None:
     sums = (H.select(peewee.fn.COALESCE(peewee.fn.SUM(H.total_physical_capacity), 0),
                      peewee.fn.COALESCE(peewee.fn.SUM(H.available_physical_capacity), 0))
-            .where(H.primary_storage_uuid == ps_uuid).tuples().get())
+            .where(H.primary_storage_uuid == ps_uuid).scalar(as_tuple=True))
     P.update(total_physical_capacity=int(sums[0]), available_physical_capacity=int(sums[1])).where(
         P.uuid == ps_uuid).execute()
 

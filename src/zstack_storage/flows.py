@@ -58,7 +58,7 @@ class VmVolumes:
                 size = max(image.size, size)
             out.append(NewVolume(uuid=new_uuid(), name=f"ROOT-for-{vm.name}", type="Root", size=size, device_id=0,
                                  vm_instance_uuid=vm.uuid, root_image_uuid=image.uuid, account_uuid=spec.account_uuid))
-        sizes = [(o, await self.s.disk_offering_size(o, "dataDiskOfferingUuids")) for o in spec.data_disk_offering_uuids]
+        sizes: list[tuple[str | None, int]] = [(o, await self.s.disk_offering_size(o, "dataDiskOfferingUuids")) for o in spec.data_disk_offering_uuids]
         sizes += [(None, s) for s in spec.data_disk_sizes]
         for i, (offering, size) in enumerate(sizes, start=1):
             out.append(NewVolume(uuid=new_uuid(), name=f"DATA-for-{vm.name}", type="Data", size=size, device_id=i,
@@ -107,7 +107,7 @@ class VmVolumes:
 
         cache = await self.s.node.db.run(iso_cache)
         if cache is not None:
-            spec.disks.append(DiskTO(volume_uuid=f"iso-{cache.image_uuid}", path=cache.install_path, format="raw",
+            spec.disks.append(DiskTO(volume_uuid=f"iso-{cache.image_uuid}", path=cache.install_path or "", format="raw",
                                      device_id=len(volumes), bus="sata", device="cdrom", read_only=True))
 
     async def release(self, spec: VmInstanceSpec, reason: str) -> None:
@@ -192,7 +192,8 @@ class PrimaryStorageAllocatorFilter(HostAllocatorFilter):
                     .join(R, on=(R.primary_storage_uuid == P.uuid))
                     .where(H.host_uuid.in_(list(by_uuid)) & (P.state == "Enabled") & (P.status == "Connected")))
             ok = set()
-            for r in rows.dicts():
+            found: list[dict[str, Any]] = list(rows.dicts())  # type: ignore[arg-type]
+            for r in found:
                 host = by_uuid[r["host_uuid"]]
                 attached = R.select().where((R.primary_storage_uuid == r["primary_storage_uuid"])
                                             & (R.cluster_uuid == host.cluster_uuid)).exists()

@@ -15,7 +15,7 @@ import os
 import shutil
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -58,11 +58,11 @@ def local_path_of(url: str) -> Path | None:
     return None
 
 
-def _copy(chunks: Callable[[], object], dest: Path, total: int | None, progress: Callable[[int], None],
+def _copy(chunks: Callable[[], Iterable[bytes]], dest: Path, total: int | None, progress: Callable[[int], None],
           cancel: threading.Event) -> Fetched:
     md5, sha256, n, last = hashlib.md5(), hashlib.sha256(), 0, -1
     with open(dest, "wb") as out:
-        for chunk in chunks():  # type: ignore[attr-defined]
+        for chunk in chunks():
             if cancel.is_set():
                 raise Cancelled()
             if not chunk:
@@ -105,9 +105,9 @@ def fetch(url: str, dest: Path, progress: Callable[[int], None], cancel: threadi
             if resp.status_code != 200:
                 raise ImageErrors.exc("1001", f"GET {url} answered {resp.status_code} {resp.reason}")
             length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            _check_space(dest, total)
-            return _copy(lambda: resp.iter_content(CHUNK), dest, total, progress, cancel)
+            announced = int(length) if length and length.isdigit() else None
+            _check_space(dest, announced)
+            return _copy(lambda: resp.iter_content(CHUNK), dest, announced, progress, cancel)
     except ZStackError:
         raise
     except Cancelled:
