@@ -45,6 +45,23 @@ class HostInventory:
     available_cpu: int = 0
     total_memory: int = 0
     available_memory: int = 0
+    description: str = ""
+    cpu_num: int = 0
+    """Physical CPU threads; ``total_cpu`` is this times the CPU over-provisioning ratio."""
+    architecture: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class InstanceOfferingInventory:
+    """A VM size: CPUs and memory (bytes), as ZStack's instance offering."""
+
+    uuid: str
+    name: str
+    cpu_num: int
+    memory_size: int
+    description: str = ""
+    state: str = "Enabled"
+    allocator_strategy: str | None = None
 
 
 @attrs.frozen(kw_only=True)

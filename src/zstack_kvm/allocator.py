@@ -1,0 +1,258 @@
+"""Host allocation: which host takes a VM, and the capacity bookkeeping that goes with it.
+
+Allocation (ZStack's host allocator chain): candidates are the Connected, Enabled KVM hosts of
+enabled clusters and zones within the requested zone/cluster/host; compute's capacity filter
+drops those without the CPUs and memory; then every ``zstack_host_allocator_filters`` filter of
+other plugins (storage keeps hosts that reach the VM's primary storage...); a strategy orders
+what is left; the first host whose capacity can still be taken wins.
+
+Capacity is taken and given back only by :func:`take_sync` and :func:`give_back_sync`, each one
+transaction that moves the VM's ``host_uuid`` together with the host's available CPU and memory.
+Taking is a conditional ``UPDATE ... WHERE available >= wanted``: two allocations racing for the
+last memory cannot both win, and the counters never go negative. Giving back is conditional on
+the VM still holding that host, so it happens exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import peewee
+
+from zstack_core.header import HostInventory, VmInstanceSpec
+
+from .errors import HostErrors, VmErrors
+from .models import ClusterVO, HostVO, VmInstanceVO, ZoneVO
+
+if TYPE_CHECKING:
+    from .service import ComputeService
+
+__all__ = [
+    "AllocationRequest",
+    "HostAllocator",
+    "HostAllocatorStrategy",
+    "give_back_sync",
+    "recompute_sync",
+    "move_sync",
+    "take_sync",
+    "unreserve_sync",
+]
+
+
+@attrs.frozen(kw_only=True)
+class AllocationRequest:
+    """What a VM needs and where it may go."""
+
+    vm_uuid: str
+    cpu: int
+    memory: int
+    zone_uuid: str | None = None
+    cluster_uuid: str | None = None
+    host_uuid: str | None = None
+    exclude: tuple[str, ...] = ()
+    last_host_uuid: str | None = None
+    strategy: str | None = None
+
+
+class HostAllocatorStrategy:
+    """Orders the hosts that passed every filter; the first that still has room wins."""
+
+    name = ""
+
+    def order(self, hosts: list[HostInventory], request: AllocationRequest) -> list[HostInventory]:
+        raise NotImplementedError
+
+
+class LeastUsedStrategy(HostAllocatorStrategy):
+    """The host with the most free memory, then the most free CPUs (spreads load); the default."""
+
+    name = "LeastUsedHostAllocatorStrategy"
+
+    def order(self, hosts: list[HostInventory], request: AllocationRequest) -> list[HostInventory]:
+        return sorted(hosts, key=lambda h: (-h.available_memory, -h.available_cpu, h.uuid))
+
+
+class LastHostPreferredStrategy(LeastUsedStrategy):
+    """The VM's last host when it fits (its disks may be there), else the least used."""
+
+    name = "LastHostPreferredAllocatorStrategy"
+
+    def order(self, hosts: list[HostInventory], request: AllocationRequest) -> list[HostInventory]:
+        ordered = super().order(hosts, request)
+        return sorted(ordered, key=lambda h: h.uuid != request.last_host_uuid)
+
+
+class RandomStrategy(HostAllocatorStrategy):
+    name = "RandomHostAllocatorStrategy"
+
+    def order(self, hosts: list[HostInventory], request: AllocationRequest) -> list[HostInventory]:
+        out = list(hosts)
+        random.shuffle(out)
+        return out
+
+
+DEFAULT_STRATEGY = LastHostPreferredStrategy.name
+
+
+# -- capacity bookkeeping (database thread, inside a transaction) ------------------------------
+
+
+def take_sync(vm_uuid: str | None, host_uuid: str, cpu: int, memory: int) -> bool:
+    """Reserve ``cpu``/``memory`` on the host and place the VM there (``vm_uuid`` None: only
+    reserve, for a migration's destination), or change nothing and return False when the host
+    no longer has room."""
+    taken = (HostVO.update(available_cpu=HostVO.available_cpu - cpu, available_memory=HostVO.available_memory - memory)
+             .where((HostVO.uuid == host_uuid) & (HostVO.available_cpu >= cpu) & (HostVO.available_memory >= memory))
+             .execute())
+    if taken != 1:
+        return False
+    if vm_uuid is None:
+        return True
+    host = HostVO.get(HostVO.uuid == host_uuid)
+    placed = (VmInstanceVO.update(host_uuid=host_uuid, cluster_uuid=host.cluster_uuid, zone_uuid=host.zone_uuid)
+              .where((VmInstanceVO.uuid == vm_uuid) & VmInstanceVO.host_uuid.is_null()).execute())
+    if placed != 1:
+        raise VmErrors.exc("1000", f"VM {vm_uuid} is gone or already placed on a host")
+    return True
+
+
+def give_back_sync(vm_uuid: str, **vm_fields: Any) -> str | None:
+    """Return the capacity the VM holds (if any) and clear its ``host_uuid``, also writing
+    ``vm_fields`` (its new state...). Returns the host it left, or None."""
+    vm = VmInstanceVO.get_or_none(VmInstanceVO.uuid == vm_uuid)
+    if vm is None:
+        return None
+    if vm.host_uuid is None:
+        if vm_fields:
+            VmInstanceVO.update(**vm_fields).where(VmInstanceVO.uuid == vm_uuid).execute()
+        return None
+    host_uuid = vm.host_uuid
+    cleared = (VmInstanceVO.update(host_uuid=None, **vm_fields)
+               .where((VmInstanceVO.uuid == vm_uuid) & (VmInstanceVO.host_uuid == host_uuid)).execute())
+    if cleared == 1:
+        (HostVO.update(available_cpu=HostVO.available_cpu + vm.cpu_num,
+                       available_memory=HostVO.available_memory + vm.memory_size)
+         .where(HostVO.uuid == host_uuid).execute())
+        return str(host_uuid)
+    return None
+
+
+def unreserve_sync(host_uuid: str, cpu: int, memory: int) -> None:
+    """Give back a reservation made with ``take_sync(None, ...)`` (a failed migration)."""
+    (HostVO.update(available_cpu=HostVO.available_cpu + cpu, available_memory=HostVO.available_memory + memory)
+     .where(HostVO.uuid == host_uuid).execute())
+
+
+def move_sync(vm_uuid: str, source_uuid: str, destination_uuid: str) -> bool:
+    """A migrated VM now holds its (already reserved) destination and gives its source back."""
+    vm = VmInstanceVO.get_or_none(VmInstanceVO.uuid == vm_uuid)
+    if vm is None or vm.host_uuid != source_uuid:
+        return False
+    dest = HostVO.get(HostVO.uuid == destination_uuid)
+    VmInstanceVO.update(host_uuid=destination_uuid, last_host_uuid=source_uuid, cluster_uuid=dest.cluster_uuid,
+                        zone_uuid=dest.zone_uuid).where(VmInstanceVO.uuid == vm_uuid).execute()
+    unreserve_sync(source_uuid, vm.cpu_num, vm.memory_size)
+    return True
+
+
+def recompute_sync(host_uuid: str, *, total_cpu: int | None = None, total_memory: int | None = None,
+                   reserved_cpu: int | None = None, reserved_memory: int | None = None) -> HostVO | None:
+    """Set the host's totals and reservations (those given) and recompute what is available
+    from the VMs placed on it: ``available = total - reserved - used``."""
+    host = HostVO.get_or_none(HostVO.uuid == host_uuid)
+    if host is None:
+        return None
+    if total_cpu is not None:
+        host.total_cpu = total_cpu
+    if total_memory is not None:
+        host.total_memory = total_memory
+    if reserved_cpu is not None:
+        host.reserved_cpu = reserved_cpu
+    if reserved_memory is not None:
+        host.reserved_memory = reserved_memory
+    used = (VmInstanceVO.select(peewee.fn.COALESCE(peewee.fn.SUM(VmInstanceVO.cpu_num), 0).alias("cpu"),
+                                peewee.fn.COALESCE(peewee.fn.SUM(VmInstanceVO.memory_size), 0).alias("mem"))
+            .where(VmInstanceVO.host_uuid == host_uuid).dicts().get())
+    host.available_cpu = host.total_cpu - host.reserved_cpu - int(used["cpu"])
+    host.available_memory = host.total_memory - host.reserved_memory - int(used["mem"])
+    host.save()
+    return host
+
+
+class HostAllocator:
+    """Picks and reserves a host for a VM."""
+
+    def __init__(self, service: ComputeService) -> None:
+        self.service = service
+        self.strategies: dict[str, HostAllocatorStrategy] = {
+            s.name: s for s in (LeastUsedStrategy(), LastHostPreferredStrategy(), RandomStrategy())}
+
+    def strategy_names(self) -> list[str]:
+        return sorted(self.strategies)
+
+    def _candidates_sync(self, request: AllocationRequest) -> list[HostInventory]:
+        q = (HostVO.select(HostVO)
+             .join(ClusterVO, on=(HostVO.cluster_uuid == ClusterVO.uuid))
+             .switch(HostVO).join(ZoneVO, on=(HostVO.zone_uuid == ZoneVO.uuid))
+             .where((HostVO.status == "Connected") & (HostVO.state == "Enabled") & (HostVO.hypervisor_type == "KVM")
+                    & (ClusterVO.state == "Enabled") & (ZoneVO.state == "Enabled")))
+        if request.zone_uuid:
+            q = q.where(HostVO.zone_uuid == request.zone_uuid)
+        if request.cluster_uuid:
+            q = q.where(HostVO.cluster_uuid == request.cluster_uuid)
+        if request.host_uuid:
+            q = q.where(HostVO.uuid == request.host_uuid)
+        if request.exclude:
+            q = q.where(HostVO.uuid.not_in(list(request.exclude)))
+        return [h.to_inventory() for h in q]
+
+    @staticmethod
+    def _scope(request: AllocationRequest) -> str:
+        if request.host_uuid:
+            return f"host {request.host_uuid}"
+        if request.cluster_uuid:
+            return f"cluster {request.cluster_uuid}"
+        if request.zone_uuid:
+            return f"zone {request.zone_uuid}"
+        return "any zone"
+
+    async def allocate(self, request: AllocationRequest, spec: VmInstanceSpec | None,
+                       place: bool = True) -> HostInventory:
+        """Reserve capacity on a host and place the VM there (``place`` False: only reserve);
+        ``HOST.1004`` when none can take it."""
+        db = self.service.node.db
+        candidates = await db.run(self._candidates_sync, request)
+        scope = self._scope(request)
+        if not candidates:
+            raise HostErrors.exc("1004", f"no Connected and Enabled KVM host (in an enabled cluster and zone) in {scope}")
+        fit = [h for h in candidates if h.available_cpu >= request.cpu and h.available_memory >= request.memory]
+        if not fit:
+            best = max(candidates, key=lambda h: (h.available_memory, h.available_cpu))
+            raise HostErrors.exc("1004", f"the VM needs {request.cpu} CPUs and {request.memory} bytes of memory; the "
+                                         f"host with the most room in {scope} has {best.available_cpu} CPUs and "
+                                         f"{best.available_memory} bytes free")
+        if spec is not None:
+            for host_filter in self.service.node.extension("host_allocator_filters"):
+                fit = list(await host_filter.filter(fit, spec))
+                if not fit:
+                    name = getattr(host_filter, "name", "") or type(host_filter).__name__
+                    raise HostErrors.exc("1004", f"host allocator filter {name} left no host in {scope}")
+        strategy = self.strategies.get(request.strategy or DEFAULT_STRATEGY)
+        if strategy is None:
+            raise HostErrors.exc("1000", f"unknown host allocator strategy {request.strategy!r}")
+        for host in strategy.order(fit, request):
+            if await db.atomic(take_sync, request.vm_uuid if place else None, host.uuid, request.cpu, request.memory):
+                row = await db.run(lambda: HostVO.get(HostVO.uuid == host.uuid))
+                return row.to_inventory()  # type: ignore[no-any-return]
+        raise HostErrors.exc("1004", f"other VMs took the remaining capacity in {scope} while this one was placed")
+
+    async def release(self, vm_uuid: str, **vm_fields: Any) -> str | None:
+        """Give back what the VM holds (see :func:`give_back_sync`)."""
+        return await self.service.node.db.atomic(give_back_sync, vm_uuid, **vm_fields)
+
+
+def host_inventories(rows: Sequence[HostVO]) -> list[HostInventory]:
+    return [r.to_inventory() for r in rows]
