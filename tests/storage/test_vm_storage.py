@@ -62,8 +62,13 @@ class Cloud:
         return info.value
 
     async def add_host(self, name: str, cluster: str | None = None) -> str:
+        """A host of its own: a private libvirt test driver (``test:///path/driver.xml``)."""
+        path = self.node.data_dir / f"{name}-driver.xml"
+        path.write_text("<node><cpu><mhz>2000</mhz><model>i686</model><active>8</active><nodes>1</nodes>"
+                        "<sockets>1</sockets><cores>8</cores><threads>1</threads></cpu>"
+                        f"<memory>{16 << 20}</memory></node>")
         return (await self.call("AddKVMHost", name=name, clusterUuid=cluster or self.cluster,
-                                url="test:///default")).inventory.uuid  # type: ignore[no-any-return]
+                                url=f"test://{path}")).inventory.uuid  # type: ignore[no-any-return]
 
     async def vm(self, name: str = "vm", **params: Any) -> Any:
         params.setdefault("imageUuid", self.image)
