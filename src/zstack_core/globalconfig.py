@@ -9,6 +9,8 @@ the chain resource -> cluster -> zone -> global (``kvm/reservedMemory`` is the s
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from .plugins import Hooks
 
 __all__ = ["Choices", "Custom", "GlobalConfig", "GlobalConfigs", "Range", "Regex", "Validator"]
+
+log = logging.getLogger("zstack.globalconfig")
 
 
 class Validator:
@@ -203,6 +207,7 @@ class GlobalConfigs:
         self.owner: dict[tuple[str, str], str] = {}
         self._values: dict[tuple[str, str], Any] = {}
         self._overrides: dict[tuple[str, str, str], Any] = {}
+        self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
 
     def declare(self, configs: Sequence[tuple[str, GlobalConfig]]) -> None:
         for plugin, cfg in configs:
@@ -233,8 +238,12 @@ class GlobalConfigs:
                 self._values[key] = cfg.parse(cfg.default)
         for r in ResourceConfigVO.select():
             cfg = self.declared.get((r.category, r.name))
-            if cfg is not None:
+            if cfg is None:
+                continue
+            try:
                 self._overrides[(r.resource_uuid, r.category, r.name)] = cfg.parse(r.value)
+            except ZStackError as exc:  # as above: the resource reads the next level; the row stays
+                log.warning("ignoring the override of %s on %s: %s", cfg.identity, r.resource_uuid, exc.error.details)
 
     def config(self, category: str, name: str) -> GlobalConfig:
         cfg = self.declared.get((category, name))
@@ -269,6 +278,17 @@ class GlobalConfigs:
     async def update(self, category: str, name: str, value: Any) -> Any:
         cfg = self.config(category, name)
         typed = cfg.parse(value)  # refused values raise here, before anything is written
+        async with self._lock(category, name):
+            return await self._update(category, name, typed)
+
+    def _lock(self, *key: str) -> asyncio.Lock:
+        """One change of a config (or of one resource's override) at a time, from store to
+        listeners, so the stored value, the one in memory and the ``(old, new)`` listeners hear
+        stay in step. A listener must not change the config it is told about (it would wait
+        for itself)."""
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def _update(self, category: str, name: str, typed: Any) -> Any:
         old = self._values[(category, name)]
 
         def write() -> None:
@@ -290,6 +310,11 @@ class GlobalConfigs:
             raise invalid_argument(f"global config {cfg.identity} cannot be set on a {resource_type}; "
                                    f"it can be set on {allowed}", "resourceUuid")
         typed = cfg.parse(value)
+        async with self._lock(resource_uuid, category, name):
+            return await self._update_resource(category, name, resource_uuid, resource_type, typed)
+
+    async def _update_resource(self, category: str, name: str, resource_uuid: str, resource_type: str,
+                               typed: Any) -> Any:
         old = self._overrides.get((resource_uuid, category, name))
 
         def write() -> None:
@@ -304,6 +329,10 @@ class GlobalConfigs:
 
     async def delete_resource(self, category: str, name: str, resource_uuid: str) -> None:
         self.config(category, name)
+        async with self._lock(resource_uuid, category, name):
+            await self._delete_resource(category, name, resource_uuid)
+
+    async def _delete_resource(self, category: str, name: str, resource_uuid: str) -> None:
         old = self._overrides.get((resource_uuid, category, name))
 
         def write() -> None:
