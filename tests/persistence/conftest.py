@@ -103,7 +103,7 @@ def mariadb_server() -> Iterator[str]:
         raise RuntimeError(f"mariadb-install-db failed:\n{install.stdout}{install.stderr}")
     server = subprocess.Popen([MARIADB, "--no-defaults", f"--datadir={data}", *user, f"--socket={base}/sock",
                                f"--port={port}", "--bind-address=127.0.0.1", "--skip-grant-tables",
-                               "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
+                               "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--innodb-file-per-table=0",
                                f"--log-error={base}/error.log"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

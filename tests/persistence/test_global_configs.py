@@ -5,6 +5,7 @@ Each test runs on SQLite and on PostgreSQL (``db_url``).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,17 @@ async def test_a_stored_value_a_newer_validator_refuses_falls_back_to_the_defaul
     async with new_node(db_url, data_dir, LabPlugin(configs=[stricter])) as node:
         assert node.configs.get("lab", "worker.count") == 4
         assert (await config_row(node, "lab", "worker.count"))["value"] == "16"  # kept, not destroyed
+
+
+async def test_concurrent_updates_leave_memory_and_database_agreeing(db_url: str, data_dir: Path) -> None:
+    lab = LabPlugin()
+    async with new_node(db_url, data_dir, lab) as node:
+        for _ in range(8):
+            await asyncio.gather(*[node.api_call("UpdateGlobalConfig", category="lab", name="worker.count", value=v)
+                                   for v in range(1, 17)])
+            stored = int((await config_row(node, "lab", "worker.count"))["value"])
+            assert node.configs.get("lab", "worker.count") == stored
+            assert lab.changes[-1][3] == stored  # the last change announced is the one that stuck
+            # every announced change follows the one before it
+            values = [c[3] for c in lab.changes]
+            assert [c[2] for c in lab.changes[1:]] == values[:-1]

@@ -133,3 +133,19 @@ async def test_updating_an_override_replaces_it(db_url: str, data_dir: Path) -> 
                                 resourceUuid=r["cluster"], value=value)
         rows = await override_rows(node)
         assert [(u, t, v) for u, t, v, _ in rows] == [(r["cluster"], "Cluster", str(300 * MiB))]
+
+
+async def test_a_stored_override_a_newer_validator_refuses_is_ignored(db_url: str, data_dir: Path) -> None:
+    async with new_node(db_url, data_dir, LabPlugin()) as node:
+        r = await make_lab(node)
+        await node.api_call("UpdateResourceConfig", category="lab", name="reservedMemory", resourceUuid=r["zone"],
+                            value="256M")
+        await node.api_call("UpdateResourceConfig", category="lab", name="reservedMemory", resourceUuid=r["host"],
+                            value="4G")
+    from zstack_core.globalconfig import GlobalConfig, Range
+
+    capped = GlobalConfig(category="lab", name="reservedMemory", type="size", default="512M",
+                          resource_types=("Host", "Cluster", "Zone"), validators=[Range(0, 2 * 1024**3)])
+    async with new_node(db_url, data_dir, LabPlugin(configs=[capped])) as node:  # starts all the same
+        assert node.configs.resolve("lab", "reservedMemory", [r["host"], r["cluster"], r["zone"]]) == 256 * MiB
+        assert len(await override_rows(node)) == 2  # the refused override is kept, not destroyed
