@@ -258,8 +258,10 @@ class DhcpApi:
         are logged and the host is fixed at its next reconnect."""
 
         async def run() -> None:
-            spec = await self.node.db.run(load_spec_sync, l3_uuid)
             targets = list(host_uuids) if host_uuids is not None else await self._dhcp_hosts(l3_uuid)
+            if not targets:
+                return
+            spec = await self.node.db.run(load_spec_sync, l3_uuid)
             if spec is None:
                 await self._remove(l3_uuid, targets)
                 return

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import itertools
 import logging
 import random
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,9 +49,6 @@ __all__ = [
 
 log = logging.getLogger("zstack.network.ipam")
 
-MAX_ATTEMPTS = 64
-"""Inserts tried per allocation before giving up; each retry follows a clash with another
-allocator and sees its address as used, so this bounds contention, not range size."""
 
 
 def parse_ip(text: str, field: str) -> ipaddress.IPv4Address:
@@ -58,7 +56,7 @@ def parse_ip(text: str, field: str) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(text.strip() if isinstance(text, str) else text)
     except (ipaddress.AddressValueError, ValueError, TypeError):
-        raise invalid_argument(f"{text!r} is not an IPv4 address", field) from None
+        raise invalid_argument(f"{field}: {text!r} is not an IPv4 address", field) from None
 
 
 def parse_netmask(text: str, field: str) -> int:
@@ -66,7 +64,7 @@ def parse_netmask(text: str, field: str) -> int:
     try:
         return ipaddress.IPv4Network(f"0.0.0.0/{text.strip()}").prefixlen
     except (ipaddress.NetmaskValueError, ValueError, TypeError, AttributeError):
-        raise invalid_argument(f"{text!r} is not an IPv4 netmask", field) from None
+        raise invalid_argument(f"{field}: {text!r} is not an IPv4 netmask", field) from None
 
 
 def parse_cidr(text: str, field: str) -> ipaddress.IPv4Network:
@@ -74,7 +72,7 @@ def parse_cidr(text: str, field: str) -> ipaddress.IPv4Network:
     try:
         return ipaddress.IPv4Network(text.strip())
     except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError, TypeError, AttributeError) as exc:
-        raise invalid_argument(f"{text!r} is not an IPv4 CIDR: {exc}", field) from None
+        raise invalid_argument(f"{field}: {text!r} is not an IPv4 CIDR: {exc}", field) from None
 
 
 def ip_to_int(ip: str) -> int:
@@ -298,14 +296,18 @@ def allocate_ip_sync(l3_uuid: str, strategy: IpAllocationStrategy, requested: st
     """
     from .models import UsedIpVO
 
+    # Each clash means another allocator committed that address, so it never comes back and the
+    # free space shrinks every round: the loop ends, at worst with L3.1002 when all is taken.
     clashed: set[int] = set()
-    for attempt in range(1, MAX_ATTEMPTS + 1):
+    for attempt in itertools.count(1):
         # A fresh view each time: after a clash it includes the address the other side took.
         space, ranges, used = free_space_sync(l3_uuid, also_excluded=clashed)
         if not ranges:
             raise L3Errors.exc("1002", f"L3 network {l3_uuid} has no IP range")
         if requested is not None:
             value = ip_to_int(requested)
+            if any(ip_to_int(r.gateway) == value for r in ranges):
+                raise L3Errors.exc("1004", f"{requested} is the gateway of L3 network {l3_uuid}")
             if not any(r.start_int <= value <= r.end_int for r in ranges):
                 raise L3Errors.exc("1003", f"{requested} is in no IP range of L3 network {l3_uuid}")
             if value not in space:
@@ -333,8 +335,7 @@ def allocate_ip_sync(l3_uuid: str, strategy: IpAllocationStrategy, requested: st
             continue
         return Allocation(used_ip_uuid=row_uuid, ip=int_to_ip(value), ip_int=value, ip_range_uuid=rng.uuid,
                           netmask=rng.netmask, gateway=rng.gateway, attempts=attempt)
-    raise L3Errors.exc("1002", f"no address of L3 network {l3_uuid} could be taken in {MAX_ATTEMPTS} attempts "
-                               "(too much contention)")
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 STATS = {"clashes": 0}

@@ -123,7 +123,7 @@ def add_range_sync(l3_uuid: str, parsed: ParsedRange, netmask: str, name: str, d
         siblings = (IpRangeVO.select(IpRangeVO, L3NetworkVO.name.alias("l3_name"))
                     .join(L3NetworkVO, on=(IpRangeVO.l3_network_uuid == L3NetworkVO.uuid))
                     .where((L3NetworkVO.l2_network_uuid == l3.l2_network_uuid)
-                           & (IpRangeVO.start_int <= parsed.end) & (IpRangeVO.end_int >= parsed.start)))
+                           & (IpRangeVO.start_int <= parsed.end) & (IpRangeVO.end_int >= parsed.start)).objects())
         for other in siblings:
             raise L3Errors.exc("1001", f"{int_to_ip(parsed.start)}-{int_to_ip(parsed.end)} overlaps range "
                                        f"{other.start_ip}-{other.end_ip} ({other.uuid}) of L3 network "

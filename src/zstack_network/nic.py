@@ -137,7 +137,7 @@ def nic_tos_sync(nics: Sequence[VmNicInventory]) -> list[NicTO]:
     l3_uuids = {n.l3_network_uuid for n in nics}
     rows = (L2NetworkVO.select(L2NetworkVO, L3NetworkVO.uuid.alias("l3_uuid"))
             .join(L3NetworkVO, on=(L3NetworkVO.l2_network_uuid == L2NetworkVO.uuid))
-            .where(L3NetworkVO.uuid.in_(list(l3_uuids))))
+            .where(L3NetworkVO.uuid.in_(list(l3_uuids))).objects())
     l2_of: dict[str, L2NetworkInventory] = {}
     for row in rows:
         l2_of[row.l3_uuid] = L2NetworkInventory(uuid=row.uuid, name=row.name, zone_uuid=row.zone_uuid,
