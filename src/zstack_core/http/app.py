@@ -259,7 +259,8 @@ class HttpApi:
                     if key == "api":
                         continue
                     body[key] = self._coerce(route, key, query.getlist(key), "query parameter")
-        for key, text in request.path_params.items():
+        for i, key in enumerate(route.placeholders):
+            text = request.path_params[f"p{i}"]
             value = self._coerce(route, key, [text], "path parameter")
             if key in body and body[key] != value:
                 raise invalid_argument(f"{key} is {text!r} in the path but {body[key]!r} in the body", f"$.{key}")
@@ -412,5 +413,8 @@ def create_app(node: ManagementNode) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.node = node
     app.state.api = api
+    from ..cluster.http import install as install_cluster  # node-to-node routes, X-ZStack-Node
+
+    install_cluster(app, node)
     return app
 

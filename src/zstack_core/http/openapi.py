@@ -52,9 +52,11 @@ def openapi_document(node: ManagementNode, table: RouteTable) -> dict[str, Any]:
 
     schemas = SchemaBuilder()
     paths: dict[str, dict[str, Any]] = {}
-    for path in table.ordered_paths():
+    for tpl in table.ordered_paths():
         item: dict[str, Any] = {}
-        for method, routes in sorted(table.paths[path].items()):
+        by_method = table.paths[tpl]
+        path = min(r.path for routes in by_method.values() for r in routes)  # named as its APIs name it
+        for method, routes in sorted(by_method.items()):
             item[method.lower()] = _operation(node, schemas, path, method, routes)
         paths[path] = item
     paths.update(_builtin_paths())
@@ -89,7 +91,7 @@ def _operation(node: ManagementNode, schemas: SchemaBuilder, path: str, method: 
 
     names = [r.name for r in routes]
     first = routes[0]
-    placeholders = first.placeholders
+    placeholders = _placeholders(path)
     op: dict[str, Any] = {
         "operationId": names[0] if len(names) == 1 else "_or_".join(names),
         "summary": ", ".join(names),
@@ -106,8 +108,9 @@ def _operation(node: ManagementNode, schemas: SchemaBuilder, path: str, method: 
     for r in routes:
         schemas.ref(r.message)
     params: list[dict[str, Any]] = []
-    for name in placeholders:
-        field = message_schemas[first.name]["properties"].get(name, {"type": "string"})
+    for i, name in enumerate(placeholders):
+        own = first.placeholders[i] if i < len(first.placeholders) else name
+        field = message_schemas[first.name]["properties"].get(own, {"type": "string"})
         params.append({"name": name, "in": "path", "required": True, "schema": field})
     if method in ("GET", "DELETE"):
         if first.is_query:
@@ -124,7 +127,7 @@ def _operation(node: ManagementNode, schemas: SchemaBuilder, path: str, method: 
                 {"name": "replyWithCount", "in": "query", "schema": {"type": "boolean"}},
             ]
         else:
-            seen = set(placeholders)
+            seen = set(placeholders) | {p for r in routes for p in r.placeholders}
             for r in routes:
                 for key, field in message_schemas[r.name]["properties"].items():
                     if key in seen:
@@ -138,7 +141,8 @@ def _operation(node: ManagementNode, schemas: SchemaBuilder, path: str, method: 
         bodies = []
         for r in routes:
             msg_schema = message_schemas[r.name]
-            props = {k: v for k, v in msg_schema["properties"].items() if k not in placeholders and k not in _BASE_FIELDS}
+            props = {k: v for k, v in msg_schema["properties"].items()
+                     if k not in r.placeholders and k not in _BASE_FIELDS}
             required = [k for k in msg_schema.get("required", []) if k in props]
             inner: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
             if required:
@@ -171,6 +175,12 @@ def _operation(node: ManagementNode, schemas: SchemaBuilder, path: str, method: 
     responses["5XX"] = _error_response("the server failed: the ErrorCode and its cause say why")
     op["responses"] = responses
     return op
+
+
+def _placeholders(path: str) -> list[str]:
+    import re
+
+    return re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", path)
 
 
 def _reply_schema(node: ManagementNode, schemas: SchemaBuilder, route: ApiRoute) -> dict[str, Any]:

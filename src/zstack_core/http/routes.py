@@ -24,6 +24,13 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 METHODS = ("GET", "POST", "PUT", "DELETE")
 
 
+def template(path: str) -> str:
+    """``/v1/vm-instances/{uuid}/actions`` and ``/v1/vm-instances/{vmInstanceUuid}/actions`` are
+    one URL pattern: placeholders are named by position (``{p0}``) in the served route."""
+    counter = iter(range(1000))
+    return _PLACEHOLDER.sub(lambda _: "{p%d}" % next(counter), path)
+
+
 def action_key(api_name: str) -> str:
     """``StartVmInstance`` -> ``startVmInstance``: the body key of an action API."""
     return api_name[:1].lower() + api_name[1:]
@@ -60,7 +67,8 @@ class ApiRoute:
 
 
 class RouteTable:
-    """``path -> method -> [ApiRoute]`` for every registered API that declares a route."""
+    """``template -> method -> [ApiRoute]`` for every registered API that declares a route; APIs
+    whose paths differ only in placeholder names share a template."""
 
     def __init__(self, node: ManagementNode) -> None:
         self.paths: dict[str, dict[str, list[ApiRoute]]] = {}
@@ -76,7 +84,7 @@ class RouteTable:
             if not path.startswith("/"):
                 raise ValueError(f"API {name}: route path {path!r} must start with '/'")
             route = ApiRoute(name=name, method=method, path=path, registration=reg)
-            self.paths.setdefault(path, {}).setdefault(method, []).append(route)
+            self.paths.setdefault(template(path), {}).setdefault(method, []).append(route)
             self.by_name[name] = route
 
     def ordered_paths(self) -> list[str]:
