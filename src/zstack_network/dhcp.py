@@ -55,7 +55,15 @@ from zstack_core.header import HostInventory, L2NetworkInventory
 from . import hosts
 from .errors import L2Errors, L3Errors
 from .l2 import l2_inventories, realize_fn
-from .models import DhcpNetworkHostRefVO, IpRangeVO, L2NetworkVO, L3NetworkDnsVO, L3NetworkVO, VmNicVO
+from .models import (
+    DhcpNetworkHostRefVO,
+    IpRangeVO,
+    L2NetworkHostRefVO,
+    L2NetworkVO,
+    L3NetworkDnsVO,
+    L3NetworkVO,
+    VmNicVO,
+)
 
 __all__ = ["DhcpApi", "DhcpHost", "DhcpSpec", "dhcp_network_name", "load_spec_sync", "network_xml", "reconcile_fn"]
 
@@ -310,16 +318,25 @@ class DhcpApi:
 
     async def prepare_host(self, host: HostInventory, l3_uuids: Sequence[str]) -> None:
         """Make ``host`` ready for NICs on ``l3_uuids``: their L2 networks realized, their DHCP
-        servers up with every NIC's entry. Raises on failure (a VM must not start without them)."""
+        servers up with every NIC's entry. Raises on failure (a VM must not start without them).
+
+        What the host already has (recorded when it was done) is not redone: NIC changes reach
+        every host with the DHCP server as they happen, and a host that reconnects is reconciled
+        in full (``zstack_host_connected``)."""
         l3_uuids = list(dict.fromkeys(l3_uuids))
         if not l3_uuids:
             return
 
-        def l2s() -> list[L2NetworkInventory]:
+        def missing() -> tuple[list[L2NetworkInventory], list[str]]:
             rows = (L2NetworkVO.select().join(L3NetworkVO, on=(L3NetworkVO.l2_network_uuid == L2NetworkVO.uuid))
                     .where(L3NetworkVO.uuid.in_(l3_uuids)).distinct())
-            return l2_inventories(list(rows))
+            realized = {u for (u,) in L2NetworkHostRefVO.select(L2NetworkHostRefVO.l2_network_uuid)
+                        .where(L2NetworkHostRefVO.host_uuid == host.uuid).tuples()}
+            served = {u for (u,) in DhcpNetworkHostRefVO.select(DhcpNetworkHostRefVO.l3_network_uuid)
+                      .where(DhcpNetworkHostRefVO.host_uuid == host.uuid).tuples()}
+            return l2_inventories([r for r in rows if r.uuid not in realized]), [u for u in l3_uuids if u not in served]
 
-        await self.realize_l2(await self.node.db.run(l2s), host)
-        for l3_uuid in l3_uuids:
+        l2s, l3s = await self.node.db.run(missing)
+        await self.realize_l2(l2s, host)
+        for l3_uuid in l3s:
             await self.sync_dhcp(l3_uuid, [host.uuid], strict=True)

@@ -307,11 +307,6 @@ async def zstack_vm_release_resource(spec: VmInstanceSpec, reason: str) -> None:
 
 
 @hookimpl
-async def zstack_vm_after_instantiate_resource(spec: VmInstanceSpec) -> None:
-    await _service().apply_vms([spec.vm.uuid])
-
-
-@hookimpl
 async def zstack_network_services_apply(spec: VmInstanceSpec) -> None:
     service = _service()
     host = spec.destination_host
@@ -319,37 +314,19 @@ async def zstack_network_services_apply(spec: VmInstanceSpec) -> None:
         host = await hosts.host(service.node, spec.vm.host_uuid)
     if host is not None:
         await service.prepare_host(host, [n.l3_network_uuid for n in await service.vm_nics(spec.vm.uuid)])
-    await service.apply_vms([spec.vm.uuid])
 
 
 @hookimpl
-async def zstack_network_services_release(spec: VmInstanceSpec) -> None:
-    await _service().apply_vms([spec.vm.uuid])
-
-
-@hookimpl
-async def zstack_vm_after_start(vm: VmInstanceInventory) -> None:
-    await _service().apply_vms([vm.uuid])
-
-
-@hookimpl
-async def zstack_vm_after_reboot(vm: VmInstanceInventory) -> None:
-    await _service().apply_vms([vm.uuid])
+async def zstack_vm_state_changed(vm: VmInstanceInventory, old_state: str, new_state: str) -> None:
+    # Rules follow the VM: applied when it starts running (create, start, resume, migrate...),
+    # taken away when it stops running. The engine skips VMs whose rules did not change.
+    if "Running" in (old_state, new_state):
+        await _service().apply_vms([vm.uuid])
 
 
 @hookimpl
 async def zstack_vm_after_migrate(vm: VmInstanceInventory, source_host_uuid: str) -> None:
     await _service().apply_vms([vm.uuid])  # moves the rules: applied on the new host, cleaned on the old
-
-
-@hookimpl
-async def zstack_vm_after_stop(vm: VmInstanceInventory) -> None:
-    await _service().apply_vms([vm.uuid])
-
-
-@hookimpl
-async def zstack_vm_after_destroy(vm: VmInstanceInventory) -> None:
-    await _service().apply_vms([vm.uuid])
 
 
 @hookimpl
