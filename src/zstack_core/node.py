@@ -81,6 +81,7 @@ class ManagementNode:
             self._settings["node.data_dir"] = str(data_dir)
         self.plugins = PluginManager()
         self.hooks = self.plugins.hooks
+        self.hooks.node = self
         self.bus = CloudBus()
         self.api = ApiMediator(self)
         self.tasks = TaskQueues()

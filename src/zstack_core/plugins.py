@@ -11,6 +11,7 @@ kernel to learn what they did wrong.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import importlib.metadata
 import inspect
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
         VolumeInventory,
     )
 
-__all__ = ["ENTRY_POINT_GROUP", "Hooks", "PluginError", "PluginInfo", "PluginManager"]
+__all__ = ["ENTRY_POINT_GROUP", "Hooks", "PluginError", "PluginInfo", "PluginManager", "current_node"]
 
 ENTRY_POINT_GROUP = "zstack.plugins"
 HOOK_PREFIX = "zstack_"
@@ -197,6 +198,16 @@ async def await_me_maybe(value: T | Awaitable[T]) -> T:
     return value
 
 
+_current_node: contextvars.ContextVar[Any] = contextvars.ContextVar("zstack_current_node", default=None)
+
+
+def current_node() -> Any:
+    """The management node whose hook is running, for hookimpls of extension points that have no
+    ``node`` argument (``zstack_vm_domain_devices(spec)``); tasks they start inherit it. None
+    outside a hook call. Lets one process run several nodes with the same plugin modules."""
+    return _current_node.get()
+
+
 class Hooks:
     """The typed facade: one method per hook, with the semantics of that hook.
 
@@ -209,6 +220,8 @@ class Hooks:
 
     def __init__(self, manager: PluginManager) -> None:
         self._m = manager
+        self.node: Any = None
+        """The node these hooks belong to; :func:`current_node` returns it inside hook calls."""
 
     def _impls(self, name: str) -> list[pluggy.HookImpl]:
         # pluggy calls the last registered implementation first; keep its order.
@@ -223,6 +236,18 @@ class Hooks:
 
     async def _run(self, name: str, kwargs: dict[str, Any], *, notify: bool = False) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
+        # set/restore, not set/reset: the bus runs a handler's first step in its caller's context
+        # and the rest in a task's copy of it, so a hook call can end in another Context than it
+        # began in, where ``reset(token)`` raises ValueError.
+        previous = _current_node.get()
+        _current_node.set(self.node)
+        try:
+            return await self._run_impls(name, kwargs, notify, out)
+        finally:
+            _current_node.set(previous)
+
+    async def _run_impls(self, name: str, kwargs: dict[str, Any], notify: bool,
+                         out: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         for impl in self._impls(name):
             try:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
