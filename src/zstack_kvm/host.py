@@ -79,7 +79,8 @@ class HostPart(Part):
         self._next_attempt: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tracker: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self.wake = asyncio.Event()
+        """Set to run a tracker pass now (a host was lost, ``kvm/host.pingInterval`` changed)."""
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -198,7 +199,7 @@ class HostPart(Part):
         except BaseException as exc:
             await lh.close()
             await self.set_status(uuid, "Disconnected")
-            if isinstance(exc, ZStackError) and not exc.error.caused("HOST.1005"):
+            if isinstance(exc, ZStackError) and exc.error.code != "HOST.1005":
                 raise HostErrors.exc("1005", f"connecting host {uuid} ({row.management_url}) failed",
                                      cause=exc.error) from exc
             raise
@@ -260,7 +261,7 @@ class HostPart(Part):
             HOST_PING_INTERVAL.category, HOST_PING_INTERVAL.name)
         await self.service.vms.host_lost(uuid)
         await self.node.hooks.host_disconnected(await self.inventory(uuid), reason)
-        self._wake.set()
+        self.wake.set()
 
     # -- the ping tracker ---------------------------------------------------------------------
 
@@ -268,10 +269,10 @@ class HostPart(Part):
         while True:
             interval = self.node.configs.get(HOST_PING_INTERVAL.category, HOST_PING_INTERVAL.name)
             try:
-                await asyncio.wait_for(self._wake.wait(), interval)
+                await asyncio.wait_for(self.wake.wait(), interval)
             except asyncio.TimeoutError:
                 pass
-            self._wake.clear()
+            self.wake.clear()
             try:
                 await self.ping_all(interval)
             except asyncio.CancelledError:

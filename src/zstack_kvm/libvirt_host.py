@@ -337,7 +337,7 @@ async def open_probe(uri: str, timeout: float) -> dict[str, Any]:
             finally:
                 conn.close()
         except BaseException as exc:  # noqa: BLE001 - reported through the future
-            _hand_over(loop, lambda: fut.done() or fut.set_exception(exc))
+            _hand_over(loop, lambda error=exc: fut.done() or fut.set_exception(error))
             return
         _hand_over(loop, lambda: fut.done() or fut.set_result(facts))
 

@@ -37,7 +37,7 @@ from zstack_core.tags import PatternedSystemTag
 
 from . import api
 from .cascade import delete_children
-from .configs import CONFIGS, CPU_OVER_PROVISIONING, RESERVED_MEMORY, SYSTEM_TAGS
+from .configs import CONFIGS, CPU_OVER_PROVISIONING, HOST_PING_INTERVAL, RESERVED_MEMORY, SYSTEM_TAGS, VM_SYNC_INTERVAL
 from .console import KVMConsoleHypervisorBackend
 from .errors import ClusterErrors, HostErrors, VmErrors, ZoneErrors
 from .host_flows import CapacityFlow, CollectFactsFlow, ConnectFlow, refresh_capacity
@@ -180,10 +180,17 @@ def zstack_cascade(action: CascadeAction) -> Any:
 @hookimpl
 def zstack_global_config_changed(category: str, name: str, resource_uuid: str | None) -> Any:
     """``kvm/reservedMemory`` or the CPU ratio changed (globally or for one host, cluster or
-    zone): recompute the capacity of the hosts it applies to."""
-    if category != "kvm" or name not in (RESERVED_MEMORY.name, CPU_OVER_PROVISIONING.name):
+    zone): recompute the capacity of the hosts it applies to. A new ping or sync interval
+    takes effect at once instead of after the old interval."""
+    if category != "kvm":
         return None
     compute = compute_of()
+    if name == HOST_PING_INTERVAL.name:
+        compute.hosts.wake.set()
+    if name == VM_SYNC_INTERVAL.name:
+        compute.sync.wake.set()
+    if name not in (RESERVED_MEMORY.name, CPU_OVER_PROVISIONING.name):
+        return None
 
     async def recompute() -> None:
         node = compute.node

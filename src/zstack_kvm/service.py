@@ -14,7 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from zstack_core import Message, MessageReply, Service
-from zstack_core.plugins import current_node
+
+try:
+    from zstack_core.plugins import current_node
+except ImportError:  # a kernel without it: one node per process is then assumed
+    def current_node() -> Any:
+        return None
 
 from .errors import HostErrors
 

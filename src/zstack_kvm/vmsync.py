@@ -43,6 +43,8 @@ class VmStateSync:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[str] = set()
         self._checks: set[asyncio.Task[Any]] = set()
+        self.wake = asyncio.Event()
+        """Set to run a pass now (``kvm/vm.syncInterval`` changed, or a test wants one)."""
 
     @property
     def node(self) -> Any:
@@ -59,7 +61,12 @@ class VmStateSync:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.node.configs.get(VM_SYNC_INTERVAL.category, VM_SYNC_INTERVAL.name))
+            interval = self.node.configs.get(VM_SYNC_INTERVAL.category, VM_SYNC_INTERVAL.name)
+            try:
+                await asyncio.wait_for(self.wake.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
             try:
                 await self.reconcile_all()
             except asyncio.CancelledError:
