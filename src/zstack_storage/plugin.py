@@ -1,13 +1,15 @@
 """Hook implementations of zstack-storage: the ``storage`` service and what it registers.
 
 Extension points whose arguments carry no node (a VM spec, a host, a cascade) reach the running
-storage service through :func:`_service_for`: the one running in this process, or, when a
-process runs several nodes (tests), the one whose database knows the resource.
+storage service through :func:`_service_for`: the node whose hook is running (the kernel's
+``current_node()``) where the kernel offers it, else the one running in this process, or, when a
+process runs several nodes, the one whose database knows the resource.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -23,6 +25,12 @@ from zstack_core.header.storage import ImageInventory, VolumeInventory
 from zstack_core.query import QueryableResource
 
 from . import api, models
+
+try:
+    from zstack_core.plugins import current_node
+except ImportError:  # a kernel that does not say which node a hook runs for
+    def current_node() -> Any:  # type: ignore[misc]
+        return None
 from .base import RESERVED_CAPACITY
 from .errors import ImageErrors, PrimaryStorageErrors, VolumeErrors
 from .flows import AllocatePrimaryStorageFlow, AllocateVolumeFlow, PrimaryStorageAllocatorFilter, VmVolumes
@@ -59,6 +67,10 @@ _running: list[StorageService] = []
 
 
 async def _service_for(resource_uuid: str | None) -> StorageService:
+    node = current_node()
+    service = node.services.get("storage") if node is not None else None
+    if isinstance(service, StorageService):
+        return service
     if not _running:
         raise SysErrors.exc("1014", "the storage service is not running")
     if len(_running) == 1 or resource_uuid is None:
