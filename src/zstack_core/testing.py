@@ -36,13 +36,15 @@ asserts (the helpers report failures with ``pytest.fail``, not ``assert``).
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import importlib.metadata
+import inspect
 import os
 import site
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,11 +58,15 @@ from .messages import MessageReply
 from .node import ManagementNode
 from .plugins import ENTRY_POINT_GROUP
 from .serialize import camel
+from .units import parse_size
 
 __all__ = [
+    "ADMIN_PASSWORD",
     "TEST_LIBVIRT_URI",
     "Env",
     "EnvSpec",
+    "FromNode",
+    "NODE_LIBVIRT_URI",
     "NodeFactory",
     "Ref",
     "Step",
@@ -75,6 +81,9 @@ __all__ = [
 
 TEST_LIBVIRT_URI = "test:///default"
 """libvirt's test driver: a fake hypervisor in-process, no daemon, no root, nothing touched."""
+
+ADMIN_PASSWORD = "zstack-test-admin"
+"""The admin account's password on nodes :func:`make_node` starts (for tests that log in)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +145,7 @@ class NodeFactory:
                 raise _unknown_plugin(name, installed)
         if data_dir is None:
             data_dir = self.base_dir / f"node{len(self.nodes) + 1}"
-        merged: dict[str, Any] = {"node.libvirt_uri": libvirt_uri}
+        merged: dict[str, Any] = {"node.libvirt_uri": libvirt_uri, "identity.admin_password": ADMIN_PASSWORD}
         if database_url is not None:
             merged["database.url"] = database_url
         merged.update(settings or {})
@@ -347,30 +356,43 @@ class Ref:
     attr: str = "uuid"
 
 
+@attrs.frozen
+class FromNode:
+    """A value computed from the node when the environment is built: ``fn(node)``, which may
+    be a coroutine function (the node's libvirt URI, a path in its data directory)."""
+
+    fn: Callable[[ManagementNode], Any]
+
+
 @attrs.define(kw_only=True)
 class Step:
     """One API call of an environment: its result is kept as ``env[name]``.
 
-    ``params`` may hold :class:`Ref` values (also inside lists), resolved just before the call.
-    ``result`` names the reply attribute to keep (``inventory``).
+    ``params`` may hold :class:`Ref` and :class:`FromNode` values (also inside lists),
+    resolved just before the call. ``result`` names the reply attribute to keep
+    (``inventory``); ``keep=False`` runs the call without keeping anything (an attach).
     """
 
     name: str
     api: str
     params: dict[str, Any] = attrs.field(factory=dict)
     result: str = "inventory"
+    keep: bool = True
 
 
-def _resolve(value: Any, env: Env, step: str) -> Any:
+async def _resolve(value: Any, env: Env, node: ManagementNode, step: str) -> Any:
     if isinstance(value, Ref):
         if value.step not in env:
             raise KeyError(f"step {step!r} refers to {value.step!r}, which no earlier step built "
                            f"(built so far: {', '.join(env) or 'nothing'})")
         return getattr(env[value.step], value.attr)
+    if isinstance(value, FromNode):
+        result = value.fn(node)
+        return await result if inspect.isawaitable(result) else result
     if isinstance(value, list):
-        return [_resolve(v, env, step) for v in value]
+        return [await _resolve(v, env, node, step) for v in value]
     if isinstance(value, dict):
-        return {k: _resolve(v, env, step) for k, v in value.items()}
+        return {k: await _resolve(v, env, node, step) for k, v in value.items()}
     return value
 
 
@@ -384,11 +406,47 @@ class Env(dict[str, Any]):
             raise AttributeError(f"this environment has no {name!r} (it has: {', '.join(self) or 'nothing'})") from None
 
 
-class EnvSpec:
-    """An ordered list of API calls that builds a test environment.
+NODE_LIBVIRT_URI = FromNode(lambda node: node.properties["node.libvirt_uri"])
+"""The node's ``node.libvirt_uri`` (the test driver under :func:`make_node`)."""
 
-    Add any step with :meth:`step`; each call returns the spec, so steps chain. Steps run in the
-    order added and each may refer to earlier ones with :class:`Ref`.
+
+def _data_path(*parts: str) -> FromNode:
+    return FromNode(lambda node: str(node.data_dir.joinpath(*parts)))
+
+
+def _blank_image(key: str, size: int) -> FromNode:
+    """A raw image file of ``size`` zero bytes (sparse) in the node's data directory: enough for
+    a VM that boots nothing, which is all the test driver (or a 64 MiB test guest) needs."""
+
+    def make(node: ManagementNode) -> Awaitable[str]:
+        path = node.data_dir / "env-images" / f"{key}.raw"
+
+        def write() -> str:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as f:
+                f.truncate(size)
+            return str(path)
+
+        return asyncio.to_thread(write)
+
+    return FromNode(make)
+
+
+class EnvSpec:
+    """An ordered list of API calls that builds a test environment (ZStack's test ``EnvSpec``).
+
+    The resource methods add the calls of one resource each, named by their first argument and
+    wired to the resources added before them by name::
+
+        spec = (EnvSpec().zone().cluster().host()
+                .primary_storage().l2_network().l3_network().image()
+                .vm(memory_size="64M"))
+        env = await build_env(node, spec)
+        env.vm.state == "Running"; env.vm.vm_nics[0].ip
+
+    Every step is optional: ``EnvSpec().zone().cluster().host().vm(image=None, l3_networks=())``
+    needs only the compute plugin. Extra keyword arguments are API parameters (snake_case or
+    camelCase) and override the defaults. :meth:`step` adds any other API call.
     """
 
     def __init__(self, steps: Iterable[Step] = ()) -> None:
@@ -401,13 +459,81 @@ class EnvSpec:
 
     def add(self, step: Step) -> EnvSpec:
         """Append ``step`` (use a :class:`Step` to keep another reply attribute than ``inventory``)."""
-        if any(s.name == step.name for s in self.steps):
+        if step.keep and any(s.name == step.name and s.keep for s in self.steps):
             raise ValueError(f"this spec already has a step named {step.name!r}")
         self.steps.append(step)
         return self
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)
+
+    # -- compute (zstack-kvm) ---------------------------------------------------------------------
+
+    def zone(self, key: str = "zone", /, **params: Any) -> EnvSpec:
+        """``CreateZone``."""
+        return self.step(key, "CreateZone", {"name": key, **params})
+
+    def cluster(self, key: str = "cluster", /, *, zone: str = "zone", **params: Any) -> EnvSpec:
+        """``CreateCluster`` in the zone of step ``zone``."""
+        return self.step(key, "CreateCluster", {"name": key, "zone_uuid": Ref(zone), **params})
+
+    def host(self, key: str = "host", /, *, cluster: str = "cluster", url: Any = NODE_LIBVIRT_URI,
+             **params: Any) -> EnvSpec:
+        """``AddKVMHost`` on libvirt ``url`` (default: the node's ``node.libvirt_uri``)."""
+        return self.step(key, "AddKVMHost", {"name": key, "cluster_uuid": Ref(cluster), "url": url, **params})
+
+    def vm(self, key: str = "vm", /, *, image: str | None = "image", l3_networks: Sequence[str] = ("l3",),
+           cpu_num: int = 1, memory_size: int | str = "64M", **params: Any) -> EnvSpec:
+        """``CreateVmInstance`` from step ``image`` with a NIC on each of ``l3_networks``
+        (``image=None, l3_networks=()`` for a VM of compute alone)."""
+        body: dict[str, Any] = {"name": key, "cpu_num": cpu_num, "memory_size": parse_size(memory_size)}
+        if image is not None:
+            body["image_uuid"] = Ref(image)
+        if l3_networks:
+            body["l3_network_uuids"] = [Ref(l3) for l3 in l3_networks]
+        return self.step(key, "CreateVmInstance", {**body, **params})
+
+    # -- storage (zstack-storage) -----------------------------------------------------------------
+
+    def primary_storage(self, key: str = "primary_storage", /, *, zone: str = "zone",
+                        clusters: Sequence[str] = ("cluster",), url: Any = None, **params: Any) -> EnvSpec:
+        """``AddLocalPrimaryStorage`` (default directory: under the node's data directory),
+        attached to ``clusters``."""
+        url = url if url is not None else _data_path("env-primary-storage", key)
+        self.step(key, "AddLocalPrimaryStorage", {"name": key, "zone_uuid": Ref(zone), "url": url, **params})
+        for cluster in clusters:
+            self.add(Step(name=key, api="AttachPrimaryStorageToCluster", keep=False,
+                          params={"primary_storage_uuid": Ref(key), "cluster_uuid": Ref(cluster)}))
+        return self
+
+    def image(self, key: str = "image", /, *, url: Any = None, format: str = "raw", size: int | str = "1M",
+              **params: Any) -> EnvSpec:
+        """``AddImage`` from ``url`` (default: a blank raw image of ``size`` made for the test)."""
+        url = url if url is not None else _blank_image(key, parse_size(size))
+        return self.step(key, "AddImage", {"name": key, "url": url, "format": format, **params})
+
+    # -- network (zstack-network) -----------------------------------------------------------------
+
+    def l2_network(self, key: str = "l2", /, *, zone: str = "zone", clusters: Sequence[str] = ("cluster",),
+                   physical_interface: str = "eth0", vlan: int | None = None, **params: Any) -> EnvSpec:
+        """``CreateL2NoVlanNetwork`` (or ``CreateL2VlanNetwork`` with ``vlan``), attached to ``clusters``."""
+        body: dict[str, Any] = {"name": key, "zone_uuid": Ref(zone), "physical_interface": physical_interface}
+        if vlan is not None:
+            body["vlan"] = vlan
+        self.step(key, "CreateL2VlanNetwork" if vlan is not None else "CreateL2NoVlanNetwork", {**body, **params})
+        for cluster in clusters:
+            self.add(Step(name=key, api="AttachL2NetworkToCluster", keep=False,
+                          params={"l2_network_uuid": Ref(key), "cluster_uuid": Ref(cluster)}))
+        return self
+
+    def l3_network(self, key: str = "l3", /, *, l2: str = "l2", cidr: str | None = "192.168.100.0/24",
+                   **params: Any) -> EnvSpec:
+        """``CreateL3Network`` on step ``l2``, with an IP range of every host address of ``cidr``
+        but the gateway (kept as ``<key>_ip_range``; ``cidr=None`` for none)."""
+        self.step(key, "CreateL3Network", {"name": key, "l2_network_uuid": Ref(l2), **params})
+        if cidr is not None:
+            self.step(f"{key}_ip_range", "AddIpRangeByNetworkCidr", l3_network_uuid=Ref(key), network_cidr=cidr)
+        return self
 
 
 async def build_env(node: ManagementNode, spec: EnvSpec | Sequence[Step], *,
@@ -419,11 +545,12 @@ async def build_env(node: ManagementNode, spec: EnvSpec | Sequence[Step], *,
     """
     env = Env()
     for step in spec:
-        params = _resolve(step.params, env, step.name)
+        params = await _resolve(step.params, env, node, step.name)
         try:
             reply = await api(node, step.api, params, session_uuid=session_uuid)
         except ZStackError as exc:
             exc.add_note(f"while building the environment: step {step.name!r} ({step.api})")
             raise
-        env[step.name] = getattr(reply, step.result) if step.result else reply
+        if step.keep:
+            env[step.name] = getattr(reply, step.result) if step.result else reply
     return env
