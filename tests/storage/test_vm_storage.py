@@ -329,3 +329,19 @@ async def test_deleting_a_host_takes_its_share_and_deleting_the_zone_its_storage
     await cloud.call("DeleteZone", uuid=cloud.zone)
     assert await cloud.node.query.find("PrimaryStorage") == []
     assert await cloud.node.db.run(lambda: VolumeVO.select().count() + LocalStorageHostRefVO.select().count()) == 0
+
+
+async def test_a_vm_from_an_iso_gets_a_blank_root_volume_and_the_iso_as_cdrom(cloud: Cloud, iso_image: Path) -> None:
+    iso = (await add_image(cloud.node, name="iso", url=str(iso_image), format="iso")).result["inventory"]["uuid"]  # type: ignore[index]
+    assert (await cloud.refused("CreateVmInstance", name="no-size", cpuNum=1, memorySize=64 * MiB,
+                                imageUuid=iso)).error.caused("VOLUME.1000")
+    vm = await cloud.vm("from-iso", imageUuid=iso, rootDiskSize=GiB)
+    [root] = await cloud.volumes(vmInstanceUuid=vm.uuid)
+    assert (root.size, root.root_image_uuid) == (GiB, iso)
+    vol_xml = await cloud.node.bus.call_ok(HostRunMsg(host_uuid=root.host_uuid, fn=lambda c: c.storageVolLookupByPath(
+        root.install_path).XMLDesc(0)))
+    assert "<backingStore>" not in vol_xml.result  # blank: the ISO is not its backing file
+    xml = (await cloud.node.bus.call_ok(HostRunMsg(host_uuid=root.host_uuid, fn=lambda c: c.lookupByName(
+        f"zstack-{vm.uuid}").XMLDesc(0)))).result
+    cdrom = xml[xml.index("device='cdrom'"):]
+    assert f"image-{iso}.iso" in cdrom[:cdrom.index("</disk>")] and "<readonly/>" in cdrom[:cdrom.index("</disk>")]
