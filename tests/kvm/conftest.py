@@ -73,8 +73,8 @@ class Cloud:
     cluster: Any
     host: Any
 
-    async def call(self, api: str, **kwargs: Any) -> Any:
-        return await self.node.api_call(api, **kwargs)
+    async def call(self, api: str, params: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        return await self.node.api_call(api, params, **kwargs)
 
     async def host_row(self, uuid: str | None = None) -> Any:
         return (await self.node.query.find("Host", [("uuid", "=", uuid or self.host.uuid)]))[0]
