@@ -15,13 +15,13 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import SysErrors, ZStackError, err
 from .messages import Event, Message, MessageReply, NeedReplyMessage
 from .service import Service
 
-__all__ = ["CloudBus"]
+__all__ = ["CloudBus", "Router"]
 
 log = logging.getLogger("zstack.bus")
 
@@ -30,6 +30,19 @@ Handler = Callable[[Message], Awaitable[MessageReply | None]]
 Subscriber = Callable[[Any], Awaitable[None] | None]
 
 _BUCKET = 0.05
+
+
+class Router(Protocol):
+    """Where messages about a resource go when several nodes share the work (the cluster layer).
+
+    ``route`` returns None to handle ``msg`` here, or an awaitable of the reply that the owner
+    of ``resource_uuid`` gave; ``publish`` hands an event to the other nodes.
+    """
+
+    def route(self, msg: NeedReplyMessage, service_id: str, resource_uuid: str,
+              timeout: float | None) -> Awaitable[MessageReply] | None: ...
+
+    def publish(self, event: Event) -> None: ...
 
 
 class CloudBus:
@@ -43,6 +56,8 @@ class CloudBus:
         self._subscribers: dict[type[Event], list[Subscriber]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._buckets: dict[int, dict[asyncio.Future[Any], tuple[Message, float]]] = {}
+        self.router: Router | None = None
+        """Set by the cluster layer: consulted for messages sent with a ``resource_uuid``."""
 
     # -- services -----------------------------------------------------------------------------
 
@@ -58,6 +73,14 @@ class CloudBus:
 
     def has_service(self, service_id: str) -> bool:
         return service_id in self._routes
+
+    def message_types(self) -> set[type[Message]]:
+        """Every message type some registered service has a handler for."""
+        return {mtype for routes in self._routes.values() for mtype in routes}
+
+    def has_subscribers(self, event_type: type[Event]) -> bool:
+        """True when something here subscribed to ``event_type`` or one of its base types."""
+        return any(self._subscribers.get(klass) for klass in event_type.__mro__)
 
     def _handler(self, service_id: str, mtype: type[Message]) -> Handler | None:
         key = (service_id, mtype)
@@ -113,9 +136,18 @@ class CloudBus:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def call(self, msg: NeedReplyMessage, service_id: str | None = None, timeout: float | None = None) -> MessageReply:
+    async def call(self, msg: NeedReplyMessage, service_id: str | None = None, timeout: float | None = None,
+                   resource_uuid: str | None = None) -> MessageReply:
         """Send ``msg`` and await its reply. Never raises for the handler's failures: the reply
-        carries the ErrorCode (``SYS.1001`` on timeout, ``SYS.1003`` for an unknown service)."""
+        carries the ErrorCode (``SYS.1001`` on timeout, ``SYS.1003`` for an unknown service).
+
+        ``resource_uuid`` names the resource the message is about: when several nodes share the
+        database, the node owning that resource handles it (forwarded over HTTP if that is
+        another node)."""
+        if resource_uuid is not None and self.router is not None:
+            remote = self.router.route(msg, service_id or msg.SERVICE_ID, resource_uuid, timeout)
+            if remote is not None:
+                return await remote
         try:
             handler = self._route(msg, service_id)
         except ZStackError as exc:
@@ -145,9 +177,10 @@ class CloudBus:
         finally:
             bucket.pop(fut, None)
 
-    async def call_ok(self, msg: NeedReplyMessage, service_id: str | None = None, timeout: float | None = None) -> Any:
+    async def call_ok(self, msg: NeedReplyMessage, service_id: str | None = None, timeout: float | None = None,
+                      resource_uuid: str | None = None) -> Any:
         """Like :meth:`call` but raise ``ZStackError`` for an error reply; return the reply."""
-        reply = await self.call(msg, service_id, timeout)
+        reply = await self.call(msg, service_id, timeout, resource_uuid)
         if reply.error is not None:
             raise ZStackError(reply.error)
         return reply
@@ -193,8 +226,12 @@ class CloudBus:
 
         return unsubscribe
 
-    def publish(self, event: Event) -> None:
-        """Hand ``event`` to its subscribers; async ones run as tasks, failures are logged."""
+    def publish(self, event: Event, *, local_only: bool = False) -> None:
+        """Hand ``event`` to its subscribers, on this node and (through the router) on the other
+        nodes; async ones run as tasks, failures are logged. ``local_only``: this node's
+        subscribers only (an event that came from another node)."""
+        if self.router is not None and not local_only:
+            self.router.publish(event)
         for klass in type(event).__mro__:
             for callback in list(self._subscribers.get(klass, ())):
                 try:

@@ -208,6 +208,9 @@ class GlobalConfigs:
         self._values: dict[tuple[str, str], Any] = {}
         self._overrides: dict[tuple[str, str, str], Any] = {}
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        self._writes = 0
+        """Local writes started (+1) and finished (+1): :meth:`refresh` ignores a read that one
+        overlapped, so it never reports a local change twice nor puts back an older value."""
 
     def declare(self, configs: Sequence[tuple[str, GlobalConfig]]) -> None:
         for plugin, cfg in configs:
@@ -295,8 +298,12 @@ class GlobalConfigs:
             GlobalConfigVO.update(value=GlobalConfig.to_text(typed), updated_at=utcnow()).where(
                 (GlobalConfigVO.category == category) & (GlobalConfigVO.name == name)).execute()
 
-        await self.db.atomic(write)
-        self._values[(category, name)] = typed
+        self._writes += 1
+        try:
+            await self.db.atomic(write)
+            self._values[(category, name)] = typed
+        finally:
+            self._writes += 1
         await self.hooks.global_config_changed(category, name, old, typed, None)
         return typed
 
@@ -322,8 +329,12 @@ class GlobalConfigs:
                    resource_uuid=resource_uuid, resource_type=resource_type, category=category,
                    name=name, value=GlobalConfig.to_text(typed), updated_at=utcnow()).execute()
 
-        await self.db.atomic(write)
-        self._overrides[(resource_uuid, category, name)] = typed
+        self._writes += 1
+        try:
+            await self.db.atomic(write)
+            self._overrides[(resource_uuid, category, name)] = typed
+        finally:
+            self._writes += 1
         await self.hooks.global_config_changed(category, name, old, typed, resource_uuid)
         return typed
 
@@ -340,8 +351,12 @@ class GlobalConfigs:
                                             & (ResourceConfigVO.category == category)
                                             & (ResourceConfigVO.name == name)).execute()
 
-        await self.db.atomic(write)
-        self._overrides.pop((resource_uuid, category, name), None)
+        self._writes += 1
+        try:
+            await self.db.atomic(write)
+            self._overrides.pop((resource_uuid, category, name), None)
+        finally:
+            self._writes += 1
         if old is not None:
             await self.hooks.global_config_changed(category, name, old, None, resource_uuid)
 
@@ -350,6 +365,60 @@ class GlobalConfigs:
         ResourceConfigVO.delete().where(ResourceConfigVO.resource_uuid == resource_uuid).execute()
         for key in [k for k in self._overrides if k[0] == resource_uuid]:
             del self._overrides[key]
+        self._writes += 2  # a refresh reading before this delete must not put the overrides back
+
+    async def refresh(self) -> int:
+        """Re-read every value from the database and apply what another node changed, calling
+        ``zstack_global_config_changed`` for each change (the cluster layer calls this at every
+        heartbeat and when a peer says it changed something). Returns how many changed; 0 when
+        a local change overlapped the read (the next refresh sees it settled)."""
+
+        def read() -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str, str]]]:
+            return ([(r.category, r.name, r.value) for r in
+                     GlobalConfigVO.select(GlobalConfigVO.category, GlobalConfigVO.name, GlobalConfigVO.value)],
+                    [(r.resource_uuid, r.category, r.name, r.value) for r in
+                     ResourceConfigVO.select(ResourceConfigVO.resource_uuid, ResourceConfigVO.category,
+                                             ResourceConfigVO.name, ResourceConfigVO.value)])
+
+        writes = self._writes
+        if writes % 2:
+            return 0
+        stored, stored_overrides = await self.db.run(read)
+        if self._writes != writes:
+            return 0
+        changes: list[tuple[str, str, Any, Any, str | None]] = []
+        for category, name, text in stored:
+            cfg = self.declared.get((category, name))
+            if cfg is None:
+                continue
+            try:
+                new = cfg.parse(text)
+            except ZStackError:
+                continue  # a value this node's validators refuse: keep the one it has
+            old = self._values.get((category, name))
+            if new != old:
+                self._values[(category, name)] = new
+                changes.append((category, name, old, new, None))
+        present = set()
+        for resource_uuid, category, name, text in stored_overrides:
+            key = (resource_uuid, category, name)
+            present.add(key)
+            cfg = self.declared.get((category, name))
+            if cfg is None:
+                continue
+            try:
+                new = cfg.parse(text)
+            except ZStackError:
+                continue
+            old = self._overrides.get(key)
+            if new != old:
+                self._overrides[key] = new
+                changes.append((category, name, old, new, resource_uuid))
+        for key in [k for k in self._overrides if k not in present]:
+            changes.append((key[1], key[2], self._overrides.pop(key), None, key[0]))
+        for category, name, old, new, resource_uuid in changes:
+            await self.hooks.global_config_changed(category, name, old, new, resource_uuid)
+        return len(changes)
 
     def reload_value(self, category: str, name: str, text: str, resource_uuid: str | None = None) -> None:
         """Apply a change another node made (the cluster layer calls this)."""

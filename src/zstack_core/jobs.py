@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Collection
 
 import peewee
 
-from .db import BaseModel, Database, upsert, utcnow
+from .db import BaseModel, Database, utcnow
 from .errors import ErrorCode
 from .mediator import ApiJob, JobStore
 
@@ -62,7 +63,17 @@ class DatabaseJobStore(JobStore):
         self._jobs[job.id] = job
 
     async def update(self, job: ApiJob) -> None:
-        await self.db.run(lambda: upsert(ApiJobVO, [ApiJobVO.id], **self._row(job)).execute())
+        # A job stays the job of the node that created it (the one that will record its outcome),
+        # even when another node handles its message and reports progress.
+        def write() -> None:
+            row = self._row(job)
+            node_uuid = row.pop("node_uuid")
+            job_id = row.pop("id")
+            if not ApiJobVO.update(**row).where(ApiJobVO.id == job_id).execute():
+                # (MySQL counts changed rows, not matched ones: 0 may mean "already so".)
+                ApiJobVO.insert(id=job_id, node_uuid=node_uuid, **row).on_conflict_ignore().execute()
+
+        await self.db.run(write)
         if job.state != "Running":
             self._jobs.pop(job.id, None)
 
@@ -81,14 +92,21 @@ class DatabaseJobStore(JobStore):
             finished_at=_epoch(row.finished_at),
         )
 
-    async def fail_running(self, error: ErrorCode, node_uuid: str | None = None) -> int:
-        """Jobs left Running by a node that is gone end Failed with ``error``, never stuck."""
+    async def fail_running(self, error: ErrorCode, node_uuid: str | None = None, *,
+                           alive: Collection[str] | None = None) -> int:
+        """Jobs left Running by a node that is gone end Failed with ``error``, never stuck.
+
+        ``node_uuid``: only that node's jobs. ``alive``: the jobs of every node but these (and
+        jobs of no node), for a node joining a cluster whose dead members were already removed.
+        """
 
         def fail() -> int:
             q = ApiJobVO.update(state="Failed", error=json.dumps(error.to_dict()), finished_at=utcnow()).where(
                 ApiJobVO.state == "Running")
             if node_uuid is not None:
                 q = q.where(ApiJobVO.node_uuid == node_uuid)
+            if alive is not None:
+                q = q.where(ApiJobVO.node_uuid.is_null() | ApiJobVO.node_uuid.not_in(list(alive) or [""]))
             return int(q.execute())
 
         return await self.db.run(fail)

@@ -25,7 +25,7 @@ from .serialize import structure
 if TYPE_CHECKING:
     from .node import ManagementNode
 
-__all__ = ["ApiJob", "ApiMediator", "JobStore"]
+__all__ = ["ApiJob", "ApiMediator", "JobStore", "resource_uuid_of"]
 
 log = logging.getLogger("zstack.api")
 
@@ -68,6 +68,16 @@ class JobStore:
                 job.state, job.error, job.finished_at = "Failed", error, time.time()
                 n += 1
         return n
+
+
+def resource_uuid_of(msg: APIMessage, reg: ApiRegistration) -> str | None:
+    """The resource an API message acts on, whose owner node handles it (ZStack routes a message
+    to the node the consistent hash gives its resource): the field named by the message class's
+    ``RESOURCE_UUID_FIELD`` if it declares one, else ``uuid`` when the registration names a
+    ``resource``. None: any node may handle it (creates, queries...)."""
+    field = getattr(type(msg), "RESOURCE_UUID_FIELD", None) or ("uuid" if reg.resource else None)
+    value = getattr(msg, field, None) if field else None
+    return value if isinstance(value, str) and value else None
 
 
 class ApiMediator:
@@ -152,7 +162,7 @@ class ApiMediator:
             msg = await self.intercept(msg)
         except ZStackError as exc:
             return MessageReply(error=exc.error)
-        return await self.node.bus.call(msg, reg.service_id)
+        return await self.node.bus.call(msg, reg.service_id, resource_uuid=resource_uuid_of(msg, reg))
 
     async def submit(self, msg: APIMessage) -> ApiJob | MessageReply:
         """Start ``msg``. A long API returns its :class:`ApiJob` once interceptors accepted it;
@@ -177,7 +187,7 @@ class ApiMediator:
         from .serialize import unstructure
 
         try:
-            reply = await self.node.bus.call(msg, reg.service_id)
+            reply = await self.node.bus.call(msg, reg.service_id, resource_uuid=resource_uuid_of(msg, reg))
         except Exception as exc:  # pragma: no cover - bus.call does not raise
             reply = MessageReply(error=err("1000", str(exc)))
         job.finished_at = time.time()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import builtin
+from .cluster import Cluster, ClusterPlugin
 from .api import ApiInterceptor, ApiRegistration
 from .bus import CloudBus
 from .db import Database, ModelRegistration, ResourceModel, SchemaError, default_url
@@ -97,6 +98,10 @@ class ManagementNode:
         self.tags = SystemTags(None)  # type: ignore[arg-type]
         self.query = QueryEngine(None)  # type: ignore[arg-type]
         self.resource_models: dict[str, type[ResourceModel]] = {}
+        self.uuid = ""
+        """This node's UUID in the cluster (known once it started; kept across restarts)."""
+        self.cluster = Cluster(self)
+        """Membership, resource ownership and forwarding when nodes share the database."""
         self.state = "Created"
         self._started: list[Service] = []
         self.http: Any = None
@@ -134,6 +139,8 @@ class ManagementNode:
     def _load_plugins(self, data: dict[str, Any]) -> None:
         self.plugins.register(builtin, builtin.NAME)
         self.plugins.infos[builtin.NAME].builtin = True
+        self.plugins.register(ClusterPlugin(self), "zstack_core.cluster")
+        self.plugins.infos["zstack_core.cluster"].builtin = True
         disabled = set(self._disabled)
         plugins_table = data.get("plugins", {})
         if isinstance(plugins_table, dict) and isinstance(plugins_table.get("disabled"), list):
@@ -179,6 +186,7 @@ class ManagementNode:
                 self._started.append(service)
                 self.bus.register_service(service)
             self.state = "Running"
+            await self.cluster.ready()
             await self.hooks.node_ready(self)
         except BaseException as exc:
             await self._unwind()
@@ -301,9 +309,10 @@ class ManagementNode:
         except ZStackError as exc:
             raise NodeStartError(f"cannot open the database {redact_url(url)}: {exc.error.details}") from exc
         await self.db.run(self.configs.load_sync)
-        jobs = DatabaseJobStore(self.db)
-        await jobs.fail_running(SysErrors.error("1006", "the management node running this job stopped"))
+        self.uuid = self.cluster.identify()
+        jobs = DatabaseJobStore(self.db, self.uuid)
         self.api.jobs = jobs
+        await self.cluster.start(jobs)  # registers this node; fails jobs no live node will finish
 
     async def resource_type_of(self, resource_uuid: str) -> str | None:
         """The type (``Host``, ``VmInstance``...) of the resource with ``resource_uuid``."""
@@ -329,6 +338,7 @@ class ManagementNode:
         return await self.db.run(chain)
 
     async def _unwind(self) -> None:
+        await self.cluster.leave()
         for service in reversed(self._started):
             self.bus.unregister_service(service.id)
             try:
@@ -348,6 +358,7 @@ class ManagementNode:
         if self.state not in ("Running", "Starting"):
             return
         self.state = "Stopping"
+        await self.cluster.leave()  # peers stop sending work here before the HTTP API closes
         if self.http is not None:
             await self.http.stop()
             self.http = None
@@ -378,6 +389,7 @@ class ManagementNode:
                             self.properties["api.port"] if port is None else port)
         await server.start()
         self.http = server
+        await self.cluster.advertise(server.host, server.port)
         return server
 
     async def serve_http(self, host: str | None = None, port: int | None = None) -> None:

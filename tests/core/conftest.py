@@ -79,5 +79,6 @@ def plugin_services(node: Any) -> set[str]:
 
 
 def plugin_names(node: Any) -> list[str]:
-    """Names of the plugins the node knows, besides the kernel's built-in one."""
-    return [name for name in node.plugins.infos if name != KERNEL_PLUGIN]
+    """Names of the plugins the node knows, besides the kernel's built-in ones (``zstack_core``
+    and the cluster layer, ``zstack_core.cluster``)."""
+    return [name for name, info in node.plugins.infos.items() if not info.builtin]

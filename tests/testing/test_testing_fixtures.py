@@ -104,7 +104,7 @@ async def test_make_node_starts_a_node_with_only_the_plugin_objects_given(make_n
     assert node.state == "Running"
     assert set(node.service_owner.values()) == {"zstack_core", "ThingPlugin"}
     # No installed plugin was imported or loaded: they are not even listed.
-    assert set(node.plugins.infos) == {"zstack_core", "ThingPlugin"}
+    assert set(node.plugins.infos) == {"zstack_core", "zstack_core.cluster", "ThingPlugin"}
     assert node.properties["node.libvirt_uri"] == "test:///default"
     assert node.data_dir.is_relative_to(tmp_path)
     assert (node.data_dir / "zstack.db").exists()

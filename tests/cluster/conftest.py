@@ -1,0 +1,198 @@
+"""Fixtures for the cluster tests: a fresh database per test on the session's PostgreSQL (and a
+throwaway MariaDB server), and in-process management nodes sharing it, each serving HTTP on a
+free loopback port.
+
+``mariadb_server`` duplicates the one in ``tests/persistence/conftest.py`` (fixtures of another
+test package are not visible here); it belongs in ``tests/conftest.py`` beside ``postgres_url``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from zstack_core import ManagementNode
+
+from .echo_plugin import EchoPlugin
+
+try:
+    import pymysql
+except ImportError:  # pragma: no cover
+    pymysql = None
+
+MARIADB = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+FAST_BEAT = 0.25
+"""Heartbeat interval of the in-process tests (seconds); detection takes 3 of them."""
+
+
+@pytest.fixture(autouse=True)
+def no_zstack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in list(os.environ):
+        if var.startswith("ZSTACK_"):
+            monkeypatch.delenv(var)
+
+
+def new_pg_database(server_url: str) -> tuple[str, str]:
+    name = f"zs_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(server_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+    finally:
+        conn.close()
+    return server_url.rsplit("/", 1)[0] + f"/{name}", name
+
+
+def drop_pg_database(server_url: str, name: str) -> None:
+    conn = psycopg2.connect(server_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """An empty database of its own on the session's PostgreSQL server."""
+    url, name = new_pg_database(postgres_url)
+    try:
+        yield url
+    finally:
+        drop_pg_database(postgres_url, name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[str]:
+    """A throwaway MariaDB server on a free loopback port: ``mysql://root@127.0.0.1:PORT``."""
+    if pymysql is None:
+        pytest.skip("PyMySQL is not installed (pip install PyMySQL)")
+    if not (Path(MARIADB).exists() and shutil.which("mariadb-install-db")):
+        pytest.skip("MariaDB server not found (apt-get install mariadb-server)")
+    try:
+        owner = pwd.getpwnam("mysql") if os.geteuid() == 0 else None
+    except KeyError:
+        pytest.skip("running as root and there is no 'mysql' user to run MariaDB as")
+    base = Path(tempfile.mkdtemp(prefix="zstack-cluster-mariadb-"))
+    user = ["--user=mysql"] if owner else []
+    if owner is not None:
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+    data, port = base / "data", _free_port()
+    install = subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", *user,
+                              "--auth-root-authentication-method=normal", "--skip-test-db"],
+                             capture_output=True, text=True, timeout=120)
+    if install.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        raise RuntimeError(f"mariadb-install-db failed:\n{install.stdout}{install.stderr}")
+    server = subprocess.Popen([MARIADB, "--no-defaults", f"--datadir={data}", *user, f"--socket={base}/sock",
+                               f"--port={port}", "--bind-address=127.0.0.1", "--skip-grant-tables",
+                               "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
+                               "--innodb-file-per-table=0", f"--log-error={base}/error.log"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pymysql.connect(host="127.0.0.1", port=port, user="root").close()
+                break
+            except pymysql.err.OperationalError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log = (base / "error.log").read_text() if (base / "error.log").exists() else ""
+                    raise RuntimeError(f"MariaDB did not start:\n{log}") from None
+                time.sleep(0.1)
+        yield f"mysql://root@127.0.0.1:{port}"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _mariadb(server_url: str, sql: str) -> None:
+    host, port = server_url.removeprefix("mysql://root@").split(":")
+    conn = pymysql.connect(host=host, port=int(port), user="root", autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server: str) -> Iterator[str]:
+    """An empty database of its own on the session's MariaDB server."""
+    name = f"zs_{uuid.uuid4().hex[:12]}"
+    _mariadb(mariadb_server, f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    try:
+        yield f"{mariadb_server}/{name}"
+    finally:
+        _mariadb(mariadb_server, f"DROP DATABASE IF EXISTS {name}")
+
+
+class InProcessCluster:
+    """Management nodes in this process on one database, each with its own data directory and
+    an :class:`EchoPlugin`; stopped (gracefully, in reverse) at the end of the test."""
+
+    def __init__(self, db_url: str, base: Path) -> None:
+        self.db_url = db_url
+        self.base = base
+        self.nodes: list[ManagementNode] = []
+        self.echo: dict[str, EchoPlugin] = {}
+
+    async def start(self, name: str, *, http: bool = True, settings: dict[str, Any] | None = None,
+                    beat: float | None = FAST_BEAT) -> ManagementNode:
+        plugin = EchoPlugin()
+        node = ManagementNode(plugins=[plugin], load_entry_points=False, data_dir=self.base / name,
+                              settings={"database.url": self.db_url, **(settings or {})})
+        await node.start()
+        self.nodes.append(node)
+        self.echo[node.uuid] = plugin
+        if beat is not None and node.configs.get("managementServer", "node.heartbeatInterval") != beat:
+            await node.configs.update("managementServer", "node.heartbeatInterval", beat)
+        if http:
+            await node.start_http("127.0.0.1", 0)
+        return node
+
+    async def settle(self) -> None:
+        """One heartbeat on every running node, twice: everyone has seen everyone."""
+        for _ in range(2):
+            for node in self.nodes:
+                if node.state == "Running" and node.cluster._loop_task is not None:  # noqa: SLF001
+                    await node.cluster.beat()
+
+    async def stop(self) -> None:
+        for node in reversed(self.nodes):
+            await node.stop()
+
+
+@pytest.fixture
+async def pg_cluster(pg_url: str, tmp_path: Path) -> AsyncIterator[InProcessCluster]:
+    cluster = InProcessCluster(pg_url, tmp_path)
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
