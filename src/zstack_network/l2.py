@@ -119,26 +119,58 @@ def _remove_libvirt_network(conn: Any, name: str) -> None:
 
 
 def _linux_bridge(l2: L2NetworkInventory) -> None:
-    """Create (or check) the bridge of ``l2`` in this machine's kernel. Idempotent."""
+    """Create (or check) the bridge of ``l2`` in this machine's kernel. Idempotent; a bridge it
+    created is removed again when a later step fails, so a failed realize leaves nothing."""
     bridge = l2.bridge_name
     phys = hosts.interface(l2.physical_interface)
     if phys is None:
         raise L2Errors.exc("1006", f"physical interface {l2.physical_interface} does not exist on the host")
-    if hosts.interface(bridge) is None:
+    created = hosts.interface(bridge) is None
+    if created:
         hosts.ip("link", "add", bridge, "type", "bridge")
+    try:
+        _bridge_ports(l2, phys)
+    except BaseException:
+        if created:
+            hosts.ip("link", "del", bridge, check=False)
+        raise
+
+
+def _bridge_ports(l2: L2NetworkInventory, phys: dict[str, Any]) -> None:
+    bridge = l2.bridge_name
     hosts.ip("link", "set", bridge, "up")
     if l2.vlan is not None:
         vif = l2.vlan_interface
         assert vif is not None
         if hosts.interface(vif) is None:
-            hosts.ip("link", "add", "link", l2.physical_interface, "name", vif, "type", "vlan", "id", str(l2.vlan))
+            made = hosts.ip("link", "add", "link", l2.physical_interface, "name", vif, "type", "vlan", "id",
+                            str(l2.vlan), check=False)
+            if made.returncode != 0:
+                hint = (" (this kernel has no 802.1Q VLAN support: the 8021q module is missing)"
+                        if "Unknown device type" in made.stderr else "")
+                raise L2Errors.exc("1006", f"cannot create VLAN interface {vif} on {l2.physical_interface}{hint}: "
+                                           f"{made.stderr.strip()}")
+            created_vif: str | None = vif
+        else:
+            created_vif = None
         port, name = hosts.interface(vif), vif
+        try:
+            _enslave(l2, port, name)
+        except BaseException:
+            if created_vif:
+                hosts.ip("link", "del", created_vif, check=False)
+            raise
     else:
         port, name = phys, l2.physical_interface
         master = phys.get("master")
         if master != bridge and any(a.get("family") == "inet" for a in phys.get("addr_info", [])):
             raise L2Errors.exc("1006", f"{name} carries IPv4 addresses; move them to {bridge} or use a VLAN network "
                                        "(the network service does not move a host's addresses)")
+        _enslave(l2, port, name)
+
+
+def _enslave(l2: L2NetworkInventory, port: dict[str, Any] | None, name: str) -> None:
+    bridge = l2.bridge_name
     assert port is not None
     master = port.get("master")
     if master and master != bridge:
