@@ -46,9 +46,15 @@ def holds(path: str, pattern: int) -> bool:
 
 
 @pytest.fixture
-def pool_dir() -> Any:
+def pool_dir(libvirtd: str) -> Any:
+    """A fresh directory for the pool; afterwards any pool still defined on it goes too (a
+    failed test must not leave pools on the shared libvirtd)."""
     path = Path("/var/lib/zstack-test") / uuid.uuid4().hex
     yield path
+    for name in virsh(libvirtd, "pool-list", "--all", "--name").split():
+        if f"<path>{path}</path>" in virsh(libvirtd, "pool-dumpxml", name):
+            subprocess.run(["virsh", "-c", libvirtd, "pool-destroy", name], capture_output=True)
+            subprocess.run(["virsh", "-c", libvirtd, "pool-undefine", name], capture_output=True)
     shutil.rmtree(path, ignore_errors=True)
 
 
