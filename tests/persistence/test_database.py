@@ -11,7 +11,7 @@ import pytest
 
 from zstack_core import ManagementNode, ZStackError
 
-from .conftest import new_node
+from .conftest import every_backend, new_node
 from .plugins import LabPlugin, ThingVO
 
 
@@ -47,6 +47,7 @@ def server_only(db_url: str) -> None:
         pytest.skip("SQLite has no server to drop connections or refuse long values")
 
 
+@every_backend
 async def test_node_reconnects_after_the_server_dropped_its_connections(db_url: str, data_dir: Path) -> None:
     server_only(db_url)
     async with new_node(db_url, data_dir, LabPlugin()) as node:
@@ -66,6 +67,7 @@ async def test_node_reconnects_after_the_server_dropped_its_connections(db_url: 
         await node.api_call("CreateThing", name="after", systemTags=["color::red"])
 
 
+@every_backend
 async def test_a_value_the_column_cannot_hold_is_an_invalid_argument(db_url: str, data_dir: Path) -> None:
     server_only(db_url)
     async with new_node(db_url, data_dir, LabPlugin()) as node:
@@ -76,6 +78,7 @@ async def test_a_value_the_column_cannot_hold_is_an_invalid_argument(db_url: str
         assert await node.db.run(lambda: ThingVO.select().count()) == 0
 
 
+@every_backend
 async def test_overlong_system_tag_is_refused_on_every_backend(db_url: str, data_dir: Path) -> None:
     async with new_node(db_url, data_dir, LabPlugin()) as node:
         with pytest.raises(ZStackError) as refused:

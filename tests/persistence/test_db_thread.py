@@ -14,7 +14,7 @@ import pytest
 
 from zstack_core import ApiJob
 
-from .conftest import new_node
+from .conftest import every_backend, new_node
 from .plugins import ClusterVO, HostVO, LabPlugin, ZoneVO
 
 
@@ -32,6 +32,7 @@ def sql_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str
     yield seen
 
 
+@every_backend
 async def test_no_sql_on_the_event_loop_thread(db_url: str, data_dir: Path, sql_threads: list[tuple[str, str]]) -> None:
     loop_thread = threading.current_thread().name
     async with new_node(db_url, data_dir, LabPlugin()) as node:

@@ -14,7 +14,7 @@ import pytest
 from zstack_core import ManagementNode, ZStackError, hookimpl
 from zstack_core.globalconfig import GlobalConfig, GlobalConfigVO, Range
 
-from .conftest import new_node
+from .conftest import every_backend, new_node
 from .plugins import CONFIGS, LabPlugin
 
 
@@ -45,6 +45,7 @@ async def test_declared_configs_get_their_defaults_in_the_database(db_url: str, 
         assert node.configs.get("lab", "reservedMemory") == 512 * 1024**2  # size configs read as bytes
 
 
+@every_backend
 async def test_update_persists_across_a_node_restart(db_url: str, data_dir: Path) -> None:
     lab = LabPlugin()
     async with new_node(db_url, data_dir, lab) as node:
@@ -99,6 +100,7 @@ async def test_validators_refuse_bad_values_and_change_nothing(db_url: str, data
         assert lab.changes == []  # a refused value is not announced
 
 
+@every_backend
 async def test_update_listeners_hear_a_change_after_it_is_stored(db_url: str, data_dir: Path) -> None:
     seen_in_db: list[str] = []
 
@@ -149,6 +151,7 @@ async def test_get_global_config_options(db_url: str, data_dir: Path) -> None:
         assert custom.validators == [{"type": "Custom", "description": "a power of two"}]
 
 
+@every_backend
 async def test_query_global_config_with_conditions(db_url: str, data_dir: Path) -> None:
     async with new_node(db_url, data_dir, LabPlugin()) as node:
         await node.api_call("UpdateGlobalConfig", category="lab", name="worker.count", value=9)
@@ -185,6 +188,7 @@ async def test_a_stored_value_a_newer_validator_refuses_falls_back_to_the_defaul
         assert (await config_row(node, "lab", "worker.count"))["value"] == "16"  # kept, not destroyed
 
 
+@every_backend
 async def test_concurrent_updates_leave_memory_and_database_agreeing(db_url: str, data_dir: Path) -> None:
     lab = LabPlugin()
     async with new_node(db_url, data_dir, lab) as node:

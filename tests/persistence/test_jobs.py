@@ -12,12 +12,13 @@ from pathlib import Path
 
 from zstack_core import ApiJob
 
-from .conftest import new_node
+from .conftest import every_backend, new_node
 from .plugins import LabPlugin
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 
 
+@every_backend
 async def test_job_outcomes_survive_a_restart(db_url: str, data_dir: Path) -> None:
     async with new_node(db_url, data_dir, LabPlugin()) as node:
         baked = await node.submit_api(node.api.build("BakeCake", {"flavour": "lemon"}))
@@ -58,6 +59,7 @@ NODE_THAT_DIES = textwrap.dedent("""
 """)
 
 
+@every_backend
 async def test_jobs_left_running_by_a_dead_node_end_failed(db_url: str, data_dir: Path) -> None:
     script = NODE_THAT_DIES.format(tests=str(TESTS_DIR), data=str(data_dir), url=db_url)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

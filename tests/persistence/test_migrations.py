@@ -18,7 +18,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 from zstack_core import ManagementNode, NodeStartError, hookimpl
 from zstack_core.db import Migration, ModelRegistration, ResourceModel, SchemaVersion
 
-from .conftest import new_node
+from .conftest import every_backend, new_node
 
 
 class WidgetV1(ResourceModel):
@@ -98,6 +98,7 @@ async def columns(node: ManagementNode) -> list[str]:
     return await node.db.run(lambda: sorted(c.name for c in node.db.db.get_columns("widget")))
 
 
+@every_backend
 async def test_fresh_database_gets_the_current_schema_and_records_its_version(db_url: str, data_dir: Path) -> None:
     async with new_node(db_url, data_dir, V3) as node:
         recorded = await versions(node)
@@ -117,6 +118,7 @@ async def test_second_start_does_nothing(db_url: str, data_dir: Path) -> None:
         assert await node.db.run(lambda: [(w.name, w.size) for w in WidgetV3.select()]) == [("w1", 3)]
 
 
+@every_backend
 async def test_upgrade_v1_to_v3_keeps_data_and_adds_columns(db_url: str, data_dir: Path) -> None:
     async with new_node(db_url, data_dir, V1) as node:
         assert (await versions(node))["widgets"][0] == 1
@@ -147,6 +149,7 @@ async def test_upgrade_one_step_at_a_time(db_url: str, data_dir: Path) -> None:
         assert applied == [2, 3] and (await versions(node))["widgets"][0] == 3
 
 
+@every_backend
 async def test_database_of_a_newer_schema_stops_start_up(db_url: str, data_dir: Path) -> None:
     async with new_node(db_url, data_dir, V3) as node:
         await node.db.run(lambda: WidgetV3.create(name="keep me"))
@@ -162,6 +165,7 @@ async def test_database_of_a_newer_schema_stops_start_up(db_url: str, data_dir: 
         assert await node.db.run(lambda: [w.name for w in WidgetV3.select()]) == ["keep me"]
 
 
+@every_backend
 async def test_a_failing_migration_rolls_back_and_stops_start_up(db_url: str, data_dir: Path) -> None:
     async with new_node(db_url, data_dir, V1) as node:
         await node.db.run(lambda: WidgetV1.create(name="a"))

@@ -14,6 +14,7 @@ import pytest
 
 from zstack_core import GlobalProperty, ManagementNode, NodeStartError
 
+from .conftest import every_backend
 from .plugins import LabPlugin
 
 OVEN_URL = GlobalProperty(section="lab", name="oven_url", required=True, description="where the oven listens")
@@ -70,6 +71,7 @@ async def test_file_values_environment_overrides_and_types(tmp_path: Path, data_
         assert props["api.port"] == 8080 and props.sources["api.port"] == "default"
 
 
+@every_backend
 async def test_database_url_from_zstack_toml(tmp_path: Path, data_dir: Path, db_url: str) -> None:
     config = write_config(tmp_path, f"""
         [database]

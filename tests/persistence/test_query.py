@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from zstack_core import SyncManagementNode, ZStackError
 
-from .conftest import BACKENDS, database_url
+from .conftest import ALL_BACKENDS, database_url
 from .plugins import LabPlugin, SampleVO
 
 TEXT = st.text(alphabet="abAB%_ ", max_size=4)
@@ -132,7 +132,7 @@ def expected(rows: list[dict[str, Any]], query: dict[str, Any]) -> tuple[list[st
     return [r["uuid"] for r in page], len(hits)
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=ALL_BACKENDS)
 def lab_node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncManagementNode]:
     """One node per backend for the whole module: hypothesis runs many examples against it."""
     directory = tmp_path_factory.mktemp(f"query-{request.param}")

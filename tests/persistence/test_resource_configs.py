@@ -11,7 +11,7 @@ import pytest
 from zstack_core import ManagementNode, ZStackError
 from zstack_core.globalconfig import ResourceConfigVO
 
-from .conftest import new_node
+from .conftest import every_backend, new_node
 from .plugins import ClusterVO, DiskVO, HostVO, LabPlugin, ZoneVO
 
 MiB = 1024**2
@@ -46,6 +46,7 @@ async def override_rows(node: ManagementNode) -> list[tuple[Any, ...]]:
     return await node.db.run(read)
 
 
+@every_backend
 async def test_override_chain_host_cluster_zone_global(db_url: str, data_dir: Path) -> None:
     lab = LabPlugin()
     async with new_node(db_url, data_dir, lab) as node:

@@ -11,7 +11,7 @@ import pytest
 from zstack_core import ManagementNode, ZStackError
 from zstack_core.tags import PatternedSystemTag, SystemTagVO
 
-from .conftest import new_node
+from .conftest import every_backend, new_node
 from .plugins import HOST_HVM, HOST_QEMU_IMG, THING_COLOR, THING_SIZE, ClusterVO, HostVO, LabPlugin, ThingVO, ZoneVO
 
 
@@ -39,6 +39,7 @@ def test_patterns_and_tokens() -> None:
     assert dotted.matches("a.b::1") and not dotted.matches("axb::1")
 
 
+@every_backend
 async def test_create_api_stores_valid_tags_and_tokens_read_back(db_url: str, data_dir: Path) -> None:
     async with new_node(db_url, data_dir, LabPlugin()) as node:
         thing = (await node.api_call("CreateThing", name="t1", systemTags=["color::red", "size::3x4"])).inventory
@@ -107,6 +108,7 @@ async def test_system_tag_apis(db_url: str, data_dir: Path) -> None:
         assert await tag_rows(node) == []
 
 
+@every_backend
 async def test_query_resources_by_tag(db_url: str, data_dir: Path) -> None:
     async with new_node(db_url, data_dir, LabPlugin()) as node:
         tagged: dict[str, list[str]] = {"red": ["color::red", "size::1x1"], "red-big": ["color::red", "size::9x9"],
