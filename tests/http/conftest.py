@@ -84,7 +84,9 @@ class Server:
         return dict(r.json()["inventory"])
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: a node left running would keep working (host pings, libvirt
+# reconciliation) on the process-wide libvirt test driver while other packages' tests use it.
+@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     saved = {k: v for k, v in os.environ.items() if k.startswith("ZSTACK_")}
     for k in saved:
