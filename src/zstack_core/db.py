@@ -157,6 +157,16 @@ class ModelRegistration:
     models: Sequence[type[BaseModel]]
     migrations: Sequence[Migration] = ()
 
+    def __attrs_post_init__(self) -> None:
+        # A plugin bug caught when it registers, not half-way through someone's upgrade.
+        versions = sorted(m.version for m in self.migrations)
+        if versions and versions[0] < 2:
+            raise ValueError(f"schema {self.name!r}: migrations are numbered from 2 (version 1 is the schema "
+                             f"as first released), got {versions}")
+        twice = sorted({v for v in versions if versions.count(v) > 1})
+        if twice:
+            raise ValueError(f"schema {self.name!r}: more than one migration to version {twice[0]}")
+
     @property
     def version(self) -> int:
         return max([1, *(m.version for m in self.migrations)])

@@ -204,3 +204,18 @@ async def test_two_plugins_claiming_one_schema_stop_start_up(db_url: str, data_d
         await new_node(db_url, data_dir, V1, Impostor(WidgetV1)).start()
     assert "schema 'widgets' is claimed by both plugin" in str(stopped.value)
     assert "'Widgets'" in str(stopped.value) and "'Impostor'" in str(stopped.value)
+
+
+@pytest.mark.parametrize(("migrations", "problem"), [
+    ([Migration(version=2, apply=add_size), Migration(version=2, apply=add_colour)],
+     "schema 'widgets': more than one migration to version 2"),
+    ([Migration(version=1, apply=add_size)],
+     "schema 'widgets': migrations are numbered from 2 (version 1 is the schema as first released), got [1]"),
+])
+async def test_badly_numbered_migrations_stop_start_up_naming_the_plugin(tmp_path: Path, data_dir: Path,
+                                                                         migrations: list[Migration],
+                                                                         problem: str) -> None:
+    with pytest.raises(NodeStartError) as stopped:
+        await new_node(f"sqlite:///{tmp_path / 'z.db'}", data_dir, Widgets(WidgetV3, migrations)).start()
+    assert "Widgets" in str(stopped.value) and "zstack_models" in str(stopped.value)
+    assert problem in str(stopped.value)
