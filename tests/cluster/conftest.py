@@ -8,6 +8,7 @@ test package are not visible here); it belongs in ``tests/conftest.py`` beside `
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import shutil
@@ -181,10 +182,33 @@ class InProcessCluster:
         """One heartbeat on every running node, twice: everyone has seen everyone."""
         for _ in range(2):
             for node in self.nodes:
-                if node.state == "Running" and node.cluster._loop_task is not None:  # noqa: SLF001
+                if node.state == "Running" and node.cluster.beating:
                     await node.cluster.beat()
 
+    def owned_by(self, node: ManagementNode, n: int = 1) -> list[str]:
+        """``n`` new resource UUIDs that ``node`` owns (as every node's ring says)."""
+        out: list[str] = []
+        while len(out) < n:
+            candidate = uuid.uuid4().hex
+            if node.cluster.owns(candidate):
+                out.append(candidate)
+        return out
+
+    @staticmethod
+    async def crash(node: ManagementNode) -> None:
+        """What ``kill -9`` leaves behind, in-process: the node stops beating and answering
+        (its HTTP server closes) but leaves its row and jobs as they were."""
+        task = node.cluster._loop_task  # noqa: SLF001 - simulating a crash needs the inside
+        assert task is not None
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if node.http is not None:
+            await node.http.stop()
+            node.http = None
+
     async def stop(self) -> None:
+        for plugin in self.echo.values():
+            plugin.service.release.set()
         for node in reversed(self.nodes):
             await node.stop()
 
@@ -196,3 +220,17 @@ async def pg_cluster(pg_url: str, tmp_path: Path) -> AsyncIterator[InProcessClus
         yield cluster
     finally:
         await cluster.stop()
+
+
+async def eventually(check: Any, timeout: float, what: str, poll: float = 0.02) -> float:
+    """Wait until ``check()`` (sync or async) is true; return the seconds it took."""
+    start = time.monotonic()
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"not within {timeout:g}s: {what}")
+        await asyncio.sleep(poll)

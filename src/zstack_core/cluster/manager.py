@@ -288,6 +288,11 @@ class Cluster:
             except Exception:
                 log.exception("heartbeat failed")
 
+    @property
+    def beating(self) -> bool:
+        """True while this node heartbeats (started, not on SQLite, not left)."""
+        return self._loop_task is not None and not self._loop_task.done()
+
     def wake(self) -> None:
         """Beat now rather than at the end of the interval (the interval changed...)."""
         self._wake.set()
