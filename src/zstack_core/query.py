@@ -10,7 +10,8 @@ The same answers on every backend:
 
 - SQL NULL: only ``is null`` selects a row whose field is NULL; ``!=``, ``not in`` and
   ``not like`` do not (as in SQL and in ZStack's JPQL queries).
-- ``like``: text fields only; ``%`` and ``_`` are the wildcards and ASCII case is ignored.
+- ``like``: text fields only; ``%`` and ``_`` are the wildcards, ``\\`` escapes them (``50\\%``),
+  and ASCII case is ignored.
 - Sorting: NULL before every value (first ascending, last descending), ties by primary key;
   text in the database's collation (code points on SQLite).
 - Datetimes are naive UTC; an aware value in a condition is converted to UTC.
@@ -94,6 +95,18 @@ class QueryableResource:
                    {"API_NAME": f"Query{self.name}", "RESOURCE": self.name, "__module__": __name__,
                     "__doc__": f"Query {self.name} inventories."})
         return attrs.define(kw_only=True)(cls)
+
+
+def _like_pattern(pattern: str, where: str) -> str:
+    """``pattern`` if it is a valid LIKE pattern: ``\\`` escapes the next character (``\\%``
+    is a literal percent sign), so it cannot end the pattern."""
+    escaped = False
+    for c in pattern:
+        escaped = not escaped and c == "\\"
+    if escaped:
+        raise invalid_argument("a like pattern cannot end with the escape character '\\' "
+                               "(write '\\\\' for a backslash)", where)
+    return pattern
 
 
 def _kind(field: peewee.Field) -> str:
@@ -191,18 +204,24 @@ class QueryEngine:
                                        f"({_kind(field)})", where + ".op")
             if not isinstance(cond.value, str):
                 raise invalid_argument("like needs a text pattern ('%' matches anything)", where + ".value")
-            expr = self._ilike(field, cond.value)
+            expr = self._ilike(field, _like_pattern(cond.value, where + ".value"))
             return expr if op == "like" else ~expr
         value = self._coerce(field, cond.value, where + ".value")
         return {"=": field == value, "!=": field != value, ">": field > value, ">=": field >= value,
                 "<": field < value, "<=": field <= value}[op]
 
     def _ilike(self, field: peewee.Field, pattern: str) -> Any:
-        """Case-insensitive LIKE. peewee's ``**`` is ILIKE on PostgreSQL and LIKE on SQLite (which
-        ignores ASCII case); on MySQL/MariaDB it is a plain LIKE whose case rule is the column's
-        collation, so both sides are lowered there."""
+        """Case-insensitive LIKE with ``\\`` as the escape character on every backend.
+
+        peewee's ``**`` is ILIKE on PostgreSQL (backslash escapes by default) and LIKE on SQLite
+        (ignores ASCII case, but has no escape character unless told: ``ESCAPE '\\'``); on
+        MySQL/MariaDB it is a plain LIKE whose case rule is the column's collation, so both
+        sides are lowered there.
+        """
         if self.db is not None and isinstance(self.db.db, peewee.MySQLDatabase):
             return peewee.fn.LOWER(field) ** peewee.fn.LOWER(pattern)
+        if self.db is not None and self.db.is_sqlite:
+            return peewee.NodeList((field, peewee.SQL("LIKE"), pattern, peewee.SQL("ESCAPE '\\'")))
         return field ** pattern
 
     def _tag_expression(self, resource: QueryableResource, op: str, value: Any, where: str) -> Any:
@@ -213,7 +232,7 @@ class QueryEngine:
         if op in ("=", "!="):
             sub = sub.where(SystemTagVO.tag == str(value))
         elif op in ("like", "not like"):
-            sub = sub.where(self._ilike(SystemTagVO.tag, str(value)))
+            sub = sub.where(self._ilike(SystemTagVO.tag, _like_pattern(str(value), where + ".value")))
         elif op in ("in", "not in"):
             values = value if isinstance(value, list) else str(value).split(",")
             sub = sub.where(SystemTagVO.tag.in_([str(v) for v in values]))
