@@ -119,5 +119,5 @@ class NodeHeaderMiddleware:
 
 def install(app: Starlette, node: ManagementNode) -> None:
     """Add the node-to-node routes and the ``X-ZStack-Node`` header to the API application."""
-    app.router.routes.extend(cluster_routes(node))
+    app.router.routes[0:0] = cluster_routes(node)  # first: a forwarded call should not scan every API route
     app.add_middleware(NodeHeaderMiddleware, node=node)

@@ -66,7 +66,7 @@ class HttpPeerClient:
     by us before the server drops it.
     """
 
-    def __init__(self, *, connect_timeout: float = 2.0, max_idle: float = 4.0, max_pooled: int = 16) -> None:
+    def __init__(self, *, connect_timeout: float = 2.0, max_idle: float = 4.0, max_pooled: int = 64) -> None:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.max_pooled = max_pooled
