@@ -19,11 +19,12 @@ from typing import Any, TypeVar
 
 import attrs
 
-from zstack_core.errors import ErrorCode, SysErrors, ZStackError, operr
+from zstack_core.errors import ErrorCode, ZStackError, operr
 from zstack_core.header import ClusterInventory, HostInventory, VmInstanceInventory
 from zstack_core.header.messages import HostRunMsg, HostRunReply
 
 __all__ = [
+    "HOST_RUN_TIMEOUT",
     "clusters",
     "connection_kind",
     "host",
@@ -32,6 +33,7 @@ __all__ = [
     "ip",
     "run_on_host",
     "vms",
+    "zone_exists",
 ]
 
 log = logging.getLogger("zstack.network.hosts")
@@ -127,7 +129,3 @@ def interface(name: str) -> dict[str, Any] | None:
         return None
     data = json.loads(result.stdout)
     return data[0] if data else None
-
-
-def not_found(what: str) -> ZStackError:
-    return SysErrors.exc("1004", what)

@@ -357,7 +357,8 @@ class L2Api:
                     L2NetworkClusterRefVO.l2_network_uuid == L2NetworkVO.uuid))
                     .where((L2NetworkClusterRefVO.cluster_uuid == msg.cluster_uuid)
                            & (L2NetworkVO.bridge_name == l2.bridge_name)))
-                for other in others:
+                other = others.first()
+                if other is not None:
                     raise L2Errors.exc("1002", f"L2 network {other.name} attached to cluster {cluster.name} already "
                                                f"uses bridge {l2.bridge_name}")
                 L2NetworkClusterRefVO.insert(l2_network_uuid=l2.uuid, cluster_uuid=msg.cluster_uuid) \

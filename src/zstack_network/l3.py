@@ -124,7 +124,8 @@ def add_range_sync(l3_uuid: str, parsed: ParsedRange, netmask: str, name: str, d
                     .join(L3NetworkVO, on=(IpRangeVO.l3_network_uuid == L3NetworkVO.uuid))
                     .where((L3NetworkVO.l2_network_uuid == l3.l2_network_uuid)
                            & (IpRangeVO.start_int <= parsed.end) & (IpRangeVO.end_int >= parsed.start)).objects())
-        for other in siblings:
+        other = siblings.first()
+        if other is not None:
             raise L3Errors.exc("1001", f"{int_to_ip(parsed.start)}-{int_to_ip(parsed.end)} overlaps range "
                                        f"{other.start_ip}-{other.end_ip} ({other.uuid}) of L3 network "
                                        f"{other.l3_name}")

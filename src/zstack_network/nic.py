@@ -74,17 +74,21 @@ def create_nic_sync(vm_uuid: str, l3_uuid: str, device_id: int, account_uuid: st
     taken = {d for (d,) in VmNicVO.select(VmNicVO.device_id).where(VmNicVO.vm_instance_uuid == vm_uuid).tuples()}
     if device_id in taken or device_id < 0:
         device_id = next(i for i in range(len(taken) + 1) if i not in taken)
+    internal_name = f"zs{vm_uuid[:8]}.{device_id}"[:15]
     for _ in range(MAC_ATTEMPTS):
         uuid, mac = new_uuid(), new_mac()
         try:
             with VmNicVO._meta.database.atomic():  # a savepoint: a clashing MAC undoes only this insert
                 VmNicVO.insert(uuid=uuid, vm_instance_uuid=vm_uuid, l3_network_uuid=l3_uuid, mac=mac,
-                               device_id=device_id, internal_name=f"zs{vm_uuid[:8]}.{device_id}"[:15]).execute()
+                               device_id=device_id, internal_name=internal_name).execute()
         except peewee.IntegrityError:
+            if not VmNicVO.select().where(VmNicVO.mac == mac).exists():
+                raise  # not the MAC: let the caller see the real constraint
             log.warning("MAC %s is taken; drawing another", mac)
             continue
         own_sync(uuid, "VmNic", account_uuid)
-        return VmNicVO.get_by_id(uuid).to_inventory()  # type: ignore[no-any-return]
+        return VmNicInventory(uuid=uuid, vm_instance_uuid=vm_uuid, l3_network_uuid=l3_uuid, mac=mac,
+                              device_id=device_id, internal_name=internal_name)
     raise SysErrors.exc("1015", f"no unique MAC address after {MAC_ATTEMPTS} draws")
 
 
@@ -98,7 +102,7 @@ def assign_ip_sync(nic_uuid: str, strategy: IpAllocationStrategy, requested: str
     got = allocate_ip_sync(nic.l3_network_uuid, strategy, requested, vm_nic_uuid=nic_uuid)
     VmNicVO.update(used_ip_uuid=got.used_ip_uuid, ip=got.ip, netmask=got.netmask, gateway=got.gateway).where(
         VmNicVO.uuid == nic_uuid).execute()
-    return VmNicVO.get_by_id(nic_uuid).to_inventory()  # type: ignore[no-any-return]
+    return attrs.evolve(nic.to_inventory(), ip=got.ip, netmask=got.netmask, gateway=got.gateway)
 
 
 def release_ip_sync(nic_uuid: str) -> None:

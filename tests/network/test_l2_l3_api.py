@@ -288,3 +288,25 @@ async def test_failed_ip_allocation_leaves_no_nic(net_node: ManagementNode, api:
     before = await net_node.db.run(lambda: UsedIpVO.select().count())
     await refused(net_node, "L3.1002", nic(net_node, l3.uuid, vm="e" * 32), "no free")
     assert await net_node.db.run(lambda: UsedIpVO.select().count()) == before
+
+
+async def test_the_database_refuses_a_second_owner_of_an_address_or_mac(net_node: ManagementNode, api: Api,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guarantee is the schema's: a duplicate address or MAC cannot be written at all, and an
+    allocation that draws a taken MAC draws again."""
+    from zstack_network import nic as nic_module
+
+    _, l3, rng = await make_l3(api, cidr="10.12.0.0/29")
+    first = (await nic(net_node, l3.uuid)).nic
+
+    def duplicate_ip() -> None:
+        UsedIpVO.insert(uuid="d" * 32, l3_network_uuid=l3.uuid, ip_range_uuid=rng.uuid, ip=first.ip,
+                        ip_int=UsedIpVO.get(UsedIpVO.vm_nic_uuid == first.uuid).ip_int).execute()
+
+    with pytest.raises(ZStackError) as info:
+        await net_node.db.run(duplicate_ip)
+    assert info.value.code == "SYS.1015"  # node.db maps IntegrityError to "already exists"
+    draws = iter([first.mac, "fa:00:00:00:00:2a"])
+    monkeypatch.setattr(nic_module, "new_mac", lambda: next(draws))
+    second = (await nic(net_node, l3.uuid, vm="9" * 32)).nic
+    assert second.mac == "fa:00:00:00:00:2a"  # the taken MAC was refused by the database, then redrawn

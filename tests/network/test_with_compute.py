@@ -316,3 +316,37 @@ async def test_security_group_rules_follow_vms_and_changes(cloud: Cloud, monkeyp
     report = await cloud.node.services["network"].apply_vms([vm2.uuid], force=True)  # type: ignore[attr-defined]
     error = report.errors[vm2.uuid]
     assert error.code == "SG.1003" and "'KVM'" in error.details
+
+
+async def test_reconnecting_host_gets_its_networks_back(cloud: Cloud) -> None:
+    l2, l3 = await cloud.l3("10.67.0.0/24")
+    vm = await cloud.vm([l3.uuid])
+    host = vm.host_uuid
+    names = (f"zs-l2-{l2.uuid}", f"zs-dhcp-{l3.uuid}")
+
+    def wipe(conn: Any) -> None:  # as if the host rebooted without our networks
+        for name in names:
+            net = conn.networkLookupByName(name)
+            net.destroy()
+            net.undefine()
+
+    await cloud.on_host(host, wipe)
+    assert not set(names) & set(await cloud.networks(host))
+    await cloud.call("ReconnectHost", uuid=host)
+    assert set(names) <= set(await cloud.networks(host))
+    assert await cloud.dhcp_hosts(host, l3.uuid) == {(vm.vm_nics[0].mac, vm.vm_nics[0].ip)}
+
+
+async def test_deleting_cluster_and_zone_cascades(cloud: Cloud) -> None:
+    l2, l3 = await cloud.l3("10.68.0.0/24")
+    await cloud.vm([l3.uuid])
+    await cloud.call("DeleteCluster", uuid=cloud.cluster.uuid)
+    assert (await cloud.node.query.find("L2Network"))[0].attached_cluster_uuids == []
+    assert await cloud.node.query.find("VmNic") == []  # compute expunged the VMs; their NICs went
+    counts = await cloud.node.db.run(lambda: (L2NetworkHostRefVO.select().count(),
+                                              DhcpNetworkHostRefVO.select().count(), UsedIpVO.select().count()))
+    assert counts == (0, 0, 0)
+    await cloud.call("DeleteZone", uuid=cloud.zone.uuid)
+    assert await cloud.node.query.find("L2Network") == [] and await cloud.node.query.find("L3Network") == []
+    assert await cloud.node.query.find("IpRange") == []
+    assert l2.uuid and l3.uuid
