@@ -6,7 +6,7 @@ effect on the next ping, sync or allocation without a restart.
 
 from __future__ import annotations
 
-from zstack_core.globalconfig import GlobalConfig, Range
+from zstack_core.globalconfig import Choices, GlobalConfig, Range
 from zstack_core.tags import PatternedSystemTag
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "QEMU_IMG_VERSION",
     "RESERVED_MEMORY",
     "SYSTEM_TAGS",
+    "VM_CPU_MODE",
     "VM_STOP_TIMEOUT",
     "VM_SYNC_INTERVAL",
 ]
@@ -63,8 +64,14 @@ VM_STOP_TIMEOUT = GlobalConfig(
     category=CATEGORY, name="vm.stopTimeout", type="float", default=60.0, validators=[Range(min=0)],
     description="Seconds a graceful stop waits for the guest to power off before destroying it.")
 
+VM_CPU_MODE = GlobalConfig(
+    category=CATEGORY, name="vm.cpuMode", type="str", default="none",
+    validators=[Choices(("none", "host-model", "host-passthrough"))],
+    description="The guest CPU: the hypervisor's default model (none), or the host's (host-model, "
+                "host-passthrough; needed for nested virtualization, refused by some nested hosts).")
+
 CONFIGS = [MIGRATION_QUANTITY, RESERVED_MEMORY, CPU_OVER_PROVISIONING, HOST_PING_INTERVAL,
-           HOST_MAX_RECONNECT_INTERVAL, HOST_CONNECT_TIMEOUT, VM_SYNC_INTERVAL, VM_STOP_TIMEOUT]
+           HOST_MAX_RECONNECT_INTERVAL, HOST_CONNECT_TIMEOUT, VM_SYNC_INTERVAL, VM_STOP_TIMEOUT, VM_CPU_MODE]
 
 # -- system tags (the seed's KVMSystemTags) ---------------------------------------------------
 

@@ -110,7 +110,8 @@ def _dedupe_nics(nics: list[NicTO]) -> list[NicTO]:
     return sorted(out, key=lambda n: (n.device_id, n.nic_uuid))
 
 
-def build_domain(spec: VmInstanceSpec, guest: GuestFacts, *, listen: str, boot: tuple[str, ...] = ("hd",)) -> Domain:
+def build_domain(spec: VmInstanceSpec, guest: GuestFacts, *, listen: str, boot: tuple[str, ...] = ("hd",),
+                 cpu_mode: str | None = None) -> Domain:
     """The domain of ``spec.vm``: its size from the VM, its devices from ``spec.disks`` and
     ``spec.nic_tos`` (filled by the ``zstack_vm_domain_devices`` hook), a VNC display and, on
     QEMU, a serial console."""
@@ -121,7 +122,7 @@ def build_domain(spec: VmInstanceSpec, guest: GuestFacts, *, listen: str, boot: 
         memory_kib=vm.memory_size // 1024, vcpu=vm.cpu_num,
         os=OperatingSystem(arch=guest.arch, machine=guest.machine, boot=boot),
         features=() if guest.is_test else ("acpi", "apic"),
-        cpu_mode="host-passthrough" if guest.domain_type == "kvm" else None,
+        cpu_mode=cpu_mode if guest.domain_type == "kvm" else None,
         emulator=guest.emulator,
         disks=tuple(disk_from_to(d) for d in _dedupe_disks(spec.disks)),
         interfaces=tuple(interface_from_to(n) for n in _dedupe_nics(spec.nic_tos)),

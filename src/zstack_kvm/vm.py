@@ -65,7 +65,7 @@ from .api import (
     APIVmNicEvent,
 )
 from .checks import cascade_mode, check_description, check_name
-from .configs import BOOT_ORDER, VM_STOP_TIMEOUT
+from .configs import BOOT_ORDER, VM_CPU_MODE, VM_STOP_TIMEOUT
 from .domain import disk_from_to, interface_from_to
 from .errors import ClusterErrors, HostErrors, VmErrors, ZoneErrors
 from .hypervisor import (
@@ -292,7 +292,8 @@ class VmPart(Part):
             tokens = BOOT_ORDER.tokens(tag)
             if tokens is not None:
                 boot = tuple(tokens["order"].split(","))
-        domain = build_domain(spec, lh.guest, listen="127.0.0.1" if lh.uri.is_local else "0.0.0.0", boot=boot)
+        domain = build_domain(spec, lh.guest, listen="127.0.0.1" if lh.uri.is_local else "0.0.0.0", boot=boot,
+                              cpu_mode=self.cpu_mode())
         xml = domain.to_xml()
         await self.node.hooks.network_services_apply(spec)
         try:
@@ -321,6 +322,10 @@ class VmPart(Part):
                     await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
                     delay = min(delay * 2, 1.0)
         await hosts.run_on(host_uuid, lambda c: destroy_domain(c, uuid), f"powering VM {uuid} off")
+
+    def cpu_mode(self) -> str | None:
+        mode = self.node.configs.get(VM_CPU_MODE.category, VM_CPU_MODE.name)
+        return None if mode == "none" else str(mode)
 
     def _hypervisor_unsupported(self, host_uuid: str, what: str) -> None:
         lh = self.service.hosts.connections.get(host_uuid)
@@ -733,7 +738,8 @@ class VmPart(Part):
                 dest_lh = self.service.hosts.libvirt_host(dest.uuid)
                 if dest_lh.guest is None or dest_lh.conn is None:
                     raise HostErrors.exc("1001", f"host {dest.uuid} is not connected")
-                xml = build_domain(spec, dest_lh.guest, listen="127.0.0.1" if dest_lh.uri.is_local else "0.0.0.0").to_xml()
+                xml = build_domain(spec, dest_lh.guest, listen="127.0.0.1" if dest_lh.uri.is_local else "0.0.0.0",
+                                   cpu_mode=self.cpu_mode()).to_xml()
                 dest_conn = dest_lh.conn
                 await self.service.hosts.run_on(source, lambda c: migrate_domain(c, dest_conn, uuid, xml),
                                                 f"migrating VM {uuid} to host {dest.uuid}")
