@@ -8,13 +8,17 @@ network table's rows are the same before and after).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
-from zstack_core import ManagementNode, ZStackError, unstructure
+import zstack_network.plugin
+from zstack_core import ManagementNode, ZStackError, hookimpl, unstructure
 from zstack_core.header import L2NetworkInventory
+from zstack_core.header.backends import IpAllocationStrategy
 from zstack_core.header.messages import AllocateVmNicMsg, AllocateVmNicReply, ReleaseVmNicMsg
 from zstack_network.models import MODELS, UsedIpVO
 
@@ -310,3 +314,29 @@ async def test_the_database_refuses_a_second_owner_of_an_address_or_mac(net_node
     monkeypatch.setattr(nic_module, "new_mac", lambda: next(draws))
     second = (await nic(net_node, l3.uuid, vm="9" * 32)).nic
     assert second.mac == "fa:00:00:00:00:2a"  # the taken MAC was refused by the database, then redrawn
+
+
+class LastAddress:
+    """A third-party plugin's IP allocation strategy (``zstack_ip_allocation_strategies``)."""
+
+    @hookimpl
+    def zstack_ip_allocation_strategies(self) -> list[IpAllocationStrategy]:
+        class Last(IpAllocationStrategy):
+            name = "LastAvailable"
+
+            def choose(self, free: Sequence[int], used: set[int]) -> int | None:
+                return free[len(free) - 1] if len(free) else None
+
+        return [Last()]
+
+
+async def test_a_plugin_adds_an_ip_allocation_strategy(data_dir: Path) -> None:
+    async with ManagementNode(plugins=[zstack_network.plugin, LastAddress()], load_entry_points=False,
+                              data_dir=data_dir) as node:
+        async def call(name: str, /, **params: Any) -> Any:
+            return await node.api_call(name, params)
+
+        _, l3, _ = await make_l3(call, cidr="10.13.0.0/28", strategy="LastAvailable")
+        assert l3.ip_allocation_strategy == "LastAvailable"
+        ips = [(await nic(node, l3.uuid, vm=f"{i:032x}")).nic.ip for i in range(3)]
+        assert ips == ["10.13.0.14", "10.13.0.13", "10.13.0.12"]

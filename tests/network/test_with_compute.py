@@ -47,6 +47,20 @@ class FailAt:
         return [FlowContribution(chain=VmCreateFlows.CHAIN, flow=Boom(), order=VmCreateFlows.INSTANTIATE_PRE + 1)]
 
 
+class RealizeRecorder:
+    """A third-party plugin told about every L2 realization (``zstack_l2_realize_on_host``); it
+    refuses networks named ``refuse-me``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    @hookimpl
+    async def zstack_l2_realize_on_host(self, l2: Any, host: Any) -> None:
+        if l2.name == "refuse-me":
+            raise ZStackError(plugin_error(f"the test plugin refuses {l2.name} on {host.name}"))
+        self.calls.append((l2.uuid, host.uuid))
+
+
 def plugin_error(text: str) -> Any:
     from zstack_core.errors import operr
 
@@ -61,6 +75,7 @@ class Cloud:
     hosts: list[Any]
     driver: Callable[[], str]
     fail: FailAt
+    recorder: RealizeRecorder
 
     async def call(self, api: str, /, **params: Any) -> Any:
         return await self.node.api_call(api, params)
@@ -119,14 +134,14 @@ async def cloud(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             <sockets>1</sockets><cores>4</cores><threads>1</threads></cpu><memory>4194304</memory></node>"""))
         return f"test://{path}"
 
-    fail = FailAt()
-    node = ManagementNode(data_dir=data_dir, disabled_plugins=["storage"], plugins=[fail])
+    fail, recorder = FailAt(), RealizeRecorder()
+    node = ManagementNode(data_dir=data_dir, disabled_plugins=["storage"], plugins=[fail, recorder])
     await node.start()
     try:
         assert {"compute", "network"} <= set(node.services)
         zone = (await node.api_call("CreateZone", name="zone")).inventory
         cluster = (await node.api_call("CreateCluster", name="cluster", zoneUuid=zone.uuid)).inventory
-        c = Cloud(node=node, zone=zone, cluster=cluster, hosts=[], driver=driver, fail=fail)
+        c = Cloud(node=node, zone=zone, cluster=cluster, hosts=[], driver=driver, fail=fail, recorder=recorder)
         await c.add_host()
         yield c
     finally:
@@ -148,6 +163,16 @@ async def test_l2_follows_clusters_and_hosts(cloud: Cloud) -> None:
     assert name in await cloud.networks(third.uuid)
     refs = await cloud.node.db.run(lambda: L2NetworkHostRefVO.select().count())
     assert refs == 3
+
+    # Other plugins hear of each realization through zstack_l2_realize_on_host...
+    assert sorted(cloud.recorder.calls) == sorted((l2.uuid, h.uuid) for h in cloud.hosts)
+    # ...and may refuse one: the attach fails and is undone on every host.
+    refused_l2 = (await cloud.call("CreateL2NoVlanNetwork", name="refuse-me", zoneUuid=cloud.zone.uuid,
+                                   physicalInterface="eth2")).inventory
+    await refused(cloud.node, "SYS.1006", cloud.call("AttachL2NetworkToCluster", l2NetworkUuid=refused_l2.uuid,
+                                                     clusterUuid=cloud.cluster.uuid), "refuses")
+    for host in cloud.hosts:
+        assert f"zs-l2-{refused_l2.uuid}" not in await cloud.networks(host.uuid)
 
     other_zone = (await cloud.call("CreateZone", name="z2")).inventory
     other = (await cloud.call("CreateCluster", name="c2", zoneUuid=other_zone.uuid)).inventory
@@ -227,13 +252,15 @@ async def test_failed_creates_leave_nothing_behind(cloud: Cloud) -> None:
         assert info.value.error.caused(code), info.value.error
     assert await snapshot(cloud.node) == before
 
-    # An L3 network whose L2 network is attached to no cluster has no host to go to.
+    # An L3 network whose L2 network is attached to no cluster has no host to go to: the
+    # network service's filter (zstack_host_allocator_filters) removes every candidate.
     lone = (await cloud.call("CreateL2NoVlanNetwork", name="lone", zoneUuid=cloud.zone.uuid,
                              physicalInterface="eth7")).inventory
     _, unplaced = await cloud.l3("10.63.0.0/24", l2=lone)
     before = await snapshot(cloud.node)
-    with pytest.raises(ZStackError):
+    with pytest.raises(ZStackError) as info:
         await cloud.vm([unplaced.uuid])
+    assert "L2NetworkAttachedFilter" in str(info.value.error), info.value.error
     assert await snapshot(cloud.node) == before
     assert await cloud.node.db.run(lambda: (VmNicVO.select().count(), UsedIpVO.select().count())) == (1, 1)
 
@@ -260,6 +287,7 @@ async def test_attach_and_detach_l3_network(cloud: Cloud) -> None:
 
 
 def _kvm_backend(node: ManagementNode) -> Any:
+    """Compute's backend for KVM hosts, registered through zstack_security_group_backends."""
     return next(b for b in node.extension("security_group_backends") if b.hypervisor_type == "KVM")
 
 
@@ -350,3 +378,18 @@ async def test_deleting_cluster_and_zone_cascades(cloud: Cloud) -> None:
     assert await cloud.node.query.find("L2Network") == [] and await cloud.node.query.find("L3Network") == []
     assert await cloud.node.query.find("IpRange") == []
     assert l2.uuid and l3.uuid
+
+
+async def test_deleting_a_host_forgets_what_it_held(cloud: Cloud) -> None:
+    """``zstack_host_after_delete``: the network service drops its records of the host."""
+    _, l3 = await cloud.l3("10.69.0.0/24")
+    vm = await cloud.vm([l3.uuid])
+    await cloud.call("DestroyVmInstance", uuid=vm.uuid)
+    await cloud.call("ExpungeVmInstance", uuid=vm.uuid)
+    host = cloud.hosts[0].uuid
+    refs = await cloud.node.db.run(lambda: (L2NetworkHostRefVO.select().where(L2NetworkHostRefVO.host_uuid == host)
+                                            .count(), DhcpNetworkHostRefVO.select().count()))
+    assert refs == (1, 1)
+    await cloud.call("DeleteHost", uuid=host)
+    refs = await cloud.node.db.run(lambda: (L2NetworkHostRefVO.select().count(), DhcpNetworkHostRefVO.select().count()))
+    assert refs == (0, 0)
