@@ -79,6 +79,10 @@ class HostPart(Part):
         self._next_attempt: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tracker: asyncio.Task[None] | None = None
+        self._managed: set[str] = set()
+        """Hosts this node's tracker pings and reconnects: those it owns in the cluster's ring
+        (``node.cluster.owns``). A host owned but not yet managed was inherited from a node that
+        left: the tracker reconnects it."""
         self.wake = asyncio.Event()
         """Set to run a tracker pass now (a host was lost, ``kvm/host.pingInterval`` changed)."""
 
@@ -119,6 +123,7 @@ class HostPart(Part):
         rows = await self.db(lambda: list(HostVO.select()))
         for row in rows:
             self._ensure(row.uuid, row.management_url)
+            self._managed.add(row.uuid)  # connected just now; the tracker keeps the ones it owns
             self._spawn(self.reconnect_quietly(row.uuid))
         self._tracker = asyncio.get_running_loop().create_task(self._track(), name="zstack-kvm-host-tracker")
 
@@ -171,6 +176,7 @@ class HostPart(Part):
 
         uuid = await self.node.tasks.run(f"cluster-{cluster.uuid}", lambda: self.atomic(insert))
         self._ensure(uuid, uri)
+        self._managed.add(uuid)
         try:
             await self.node.tasks.run(f"host-{uuid}", lambda: self.connect(uuid, first_time=True))
         except BaseException:
@@ -246,6 +252,12 @@ class HostPart(Part):
 
     async def lost(self, uuid: str, reason: ErrorCode) -> None:
         """Mark a Connected host Disconnected, its VMs Unknown, and tell the plugins."""
+        if not self.node.cluster.owns(uuid):
+            # Another node manages this host (its status, its VMs); only our connection broke.
+            lh = self.connections.get(uuid)
+            if lh is not None:
+                await lh.close()
+            return
         row = await self.db(lambda: HostVO.get_or_none(HostVO.uuid == uuid))
         if row is None or row.status != "Connected":
             return
@@ -284,9 +296,17 @@ class HostPart(Part):
         rows = await self.db(lambda: list(HostVO.select(HostVO.uuid, HostVO.status, HostVO.management_url)))
         now = time.monotonic()
         work = []
+        owns = self.node.cluster.owns
         for row in rows:
             self._ensure(row.uuid, row.management_url)
-            if row.status == "Connected":
+            if not owns(row.uuid):
+                self._managed.discard(row.uuid)  # its owner pings it
+                continue
+            if row.uuid not in self._managed:
+                self._managed.add(row.uuid)
+                log.info("host %s is now managed by this node (its management node left); reconnecting", row.uuid)
+                work.append(self.reconnect_quietly(row.uuid))
+            elif row.status == "Connected":
                 work.append(self.ping(row.uuid, max(interval, 5.0)))
             elif row.status == "Disconnected" and now >= self._next_attempt.get(row.uuid, 0):
                 work.append(self.reconnect_quietly(row.uuid))

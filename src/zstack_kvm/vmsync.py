@@ -98,8 +98,9 @@ class VmStateSync:
     # -- checks -------------------------------------------------------------------------------
 
     async def reconcile_all(self) -> None:
+        owns = self.node.cluster.owns  # each host's VMs are compared by the node owning the host
         hosts = await self.node.db.run(lambda: [h.uuid for h in HostVO.select(HostVO.uuid)
-                                                .where(HostVO.status == "Connected")])
+                                                .where(HostVO.status == "Connected") if owns(h.uuid)])
         await asyncio.gather(*(self.reconcile_host(h) for h in hosts), return_exceptions=True)
 
     async def reconcile_host(self, host_uuid: str) -> None:
