@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -141,7 +142,10 @@ class GlobalConfig:
                 raise ValueError(f"expected an integer, got {value!r}")
             return int(value) if not isinstance(value, str) else int(value.strip())
         if self.type == "float":
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # NaN would slip past every Range (all comparisons false)
+                raise ValueError(f"expected a finite number, got {value!r}")
+            return number
         if self.type == "bool":
             if isinstance(value, bool):
                 return value

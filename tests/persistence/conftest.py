@@ -57,7 +57,8 @@ def _create_pg_database(server_url: str) -> tuple[str, str]:
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C.UTF-8'")
+            cur.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C.UTF-8' "
+                        "STRATEGY FILE_COPY")  # faster than WAL_LOG for a small template
     finally:
         conn.close()
     return server_url.rsplit("/", 1)[0] + f"/{name}", name

@@ -234,10 +234,11 @@ HOST_PREFIX = GlobalConfig(category="lab", name="host.prefix", default="node-1",
 BATCH_SIZE = GlobalConfig(category="lab", name="batch.size", type="int", default=8,
                           validators=[Custom(_power_of_two, "a power of two")])
 ENABLED = GlobalConfig(category="lab", name="enabled", type="bool", default=True)
+RATIO = GlobalConfig(category="lab", name="ratio", type="float", default=0.5, validators=[Range(0, 1)])
 RESERVED_MEMORY = GlobalConfig(category="lab", name="reservedMemory", type="size", default="512M",
                                description="memory kept for the host itself",
                                resource_types=("Host", "Cluster", "Zone"))
-CONFIGS = [WORKER_COUNT, MODE, HOST_PREFIX, BATCH_SIZE, ENABLED, RESERVED_MEMORY]
+CONFIGS = [WORKER_COUNT, MODE, HOST_PREFIX, BATCH_SIZE, ENABLED, RATIO, RESERVED_MEMORY]
 
 
 class LabPlugin:

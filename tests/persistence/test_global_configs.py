@@ -53,7 +53,9 @@ async def test_update_persists_across_a_node_restart(db_url: str, data_dir: Path
         assert reply.inventory.value == "12" and reply.inventory.default_value == "4"
         await node.api_call("UpdateGlobalConfig", category="lab", name="enabled", value=False)
         await node.api_call("UpdateGlobalConfig", category="lab", name="reservedMemory", value="1G")
+        await node.api_call("UpdateGlobalConfig", category="lab", name="ratio", value=0.25)
     async with new_node(db_url, data_dir, LabPlugin()) as node:
+        assert node.configs.get("lab", "ratio") == 0.25
         assert node.configs.get("lab", "worker.count") == 12
         assert node.configs.get("lab", "enabled") is False
         assert node.configs.get("lab", "reservedMemory") == 1024**3
@@ -81,6 +83,9 @@ async def test_a_config_new_to_the_database_gets_its_default_and_old_values_are_
     ("batch.size", 12, "12 is not a power of two"),             # Custom
     ("enabled", "perhaps", "expected true or false"),
     ("reservedMemory", "lots", "size"),
+    ("ratio", "1.5", "above the maximum 1"),
+    ("ratio", "nan", "expected a finite number"),
+    ("ratio", "-inf", "expected a finite number"),
 ])
 async def test_validators_refuse_bad_values_and_change_nothing(db_url: str, data_dir: Path, name: str,
                                                                value: Any, reason: str) -> None:
