@@ -238,6 +238,7 @@ async def test_failed_ping_disconnects_and_the_tracker_reconnects(isolated_env: 
         events.clear()
         unhealthy["now"] = True
         await wait_for(lambda: _eq(_state(cloud, vm.uuid), "Stopped"), what="VM reconciled")
+        await wait_for(lambda: _true(("Unknown", "Stopped") in events), what="the state change announced")
         assert events.index(("disconnected", "HOST.1001")) < events.index(("connected", "False"))
         assert ("Running", "Unknown") in events and ("Unknown", "Stopped") in events
         assert (await cloud.host_row()).status == "Connected"
@@ -245,6 +246,10 @@ async def test_failed_ping_disconnects_and_the_tracker_reconnects(isolated_env: 
         assert host.available_memory == host.total_memory - 512 * MiB  # the VM's memory came back
     finally:
         await node.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _eq(coro: Any, value: Any) -> bool:
