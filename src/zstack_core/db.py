@@ -17,11 +17,12 @@ a small pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -265,7 +266,7 @@ class Database:
         """
         database_proxy.initialize(self.db)
         done: dict[str, tuple[int, int]] = {}
-        with self.db.connection_context() if self.db.is_closed() else _nullcontext():
+        with self.db.connection_context() if self.db.is_closed() else _nullcontext(), self._schema_lock():
             self.db.create_tables([SchemaVersion], safe=True)
             for reg in registrations:
                 row = SchemaVersion.get_or_none(SchemaVersion.plugin == reg.name)
@@ -308,6 +309,28 @@ class Database:
                 done[reg.name] = (current, target)
         return done
 
+    @contextlib.contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """Hold the cluster-wide schema lock: nodes that start together against one server
+        database upgrade it one after the other (the others then find it done) instead of
+        racing to create the same tables. SQLite serves one process and needs none."""
+        if isinstance(self.db, peewee.PostgresqlDatabase):
+            self.db.execute_sql("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK_ID,))
+            try:
+                yield
+            finally:
+                self.db.execute_sql("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK_ID,))
+        elif isinstance(self.db, peewee.MySQLDatabase):
+            got = self.db.execute_sql("SELECT GET_LOCK(%s, %s)", ("zstack_schema", 600)).fetchone()[0]
+            if got != 1:
+                raise SchemaError("another node held the schema lock for 10 minutes; is one stuck upgrading?")
+            try:
+                yield
+            finally:
+                self.db.execute_sql("SELECT RELEASE_LOCK(%s)", ("zstack_schema",))
+        else:
+            yield
+
     def schema_versions(self) -> dict[str, int]:
         return {r.plugin: r.version for r in SchemaVersion.select()}
 
@@ -320,6 +343,10 @@ class Database:
             self._executor.submit(close_conn).result(10)
         finally:
             self._executor.shutdown(wait=True)
+
+
+_SCHEMA_LOCK_ID = 0x7A5C_4D0B_5C4E_3A01
+"""The PostgreSQL advisory lock key of schema upgrades (any constant no one else uses)."""
 
 
 class _nullcontext:

@@ -3,6 +3,9 @@ column cannot hold. Errors reach the user as ErrorCodes, and the node recovers b
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import psycopg2
@@ -96,3 +99,51 @@ async def test_in_memory_sqlite_database(data_dir: Path) -> None:
         assert (await node.api_call("QueryGlobalConfig", conditions=[
             {"name": "name", "op": "=", "value": "worker.count"}])).inventories[0].value == "5"
     assert not (data_dir / "zstack.db").exists()
+
+
+SCHEMA_UPGRADER = textwrap.dedent("""
+    import asyncio, sys
+    sys.path.insert(0, {tests!r})
+    from persistence.plugins import LabPlugin
+    from zstack_core import builtin
+    from zstack_core.db import Database
+
+    async def main():
+        db = Database({url!r})
+        registrations = [*builtin.zstack_models(), *LabPlugin().zstack_models()]
+        print("ready", flush=True)
+        sys.stdin.readline()  # every process starts at once
+        try:
+            done = await db.run(db.migrate, registrations)
+            print("done", done["lab"], flush=True)
+        except Exception as exc:
+            print("failed", exc, flush=True)
+        finally:
+            db.close()
+
+    asyncio.run(main())
+""")
+
+
+@pytest.mark.parametrize("db_url", ["postgresql", "mariadb"], indirect=True)
+def test_nodes_starting_together_create_the_schema_once(db_url: str) -> None:
+    """Three nodes meet a fresh shared database at the same moment: one creates each plugin's
+    schema, the others wait for it (a schema lock) and find it done, instead of failing on
+    tables created under them."""
+    script = SCHEMA_UPGRADER.format(tests=str(Path(__file__).resolve().parent.parent), url=db_url)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outcomes = sorted(proc.communicate(timeout=120)[0].strip() for proc in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert outcomes == ["done (0, 1)", "done (1, 1)", "done (1, 1)"]
