@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from zstack_core import ManagementNode, ZStackError
+from zstack_core.ownership import ADMIN_ACCOUNT_UUID, AccountResourceRefVO, owner_of_sync
 from zstack_core.tags import PatternedSystemTag, SystemTagVO
 
 from .conftest import every_backend, new_node
@@ -44,6 +45,8 @@ async def test_create_api_stores_valid_tags_and_tokens_read_back(db_url: str, da
     async with new_node(db_url, data_dir, LabPlugin()) as node:
         thing = (await node.api_call("CreateThing", name="t1", systemTags=["color::red", "size::3x4"])).inventory
         assert await node.tags.tags(thing.uuid) == ["color::red", "size::3x4"]
+        # written in the same transaction: the owner (no session: the admin account)
+        assert await node.db.run(owner_of_sync, thing.uuid) == ADMIN_ACCOUNT_UUID
         assert await node.tags.tokens(thing.uuid, THING_COLOR) == {"color": "red"}
         assert await node.tags.tokens(thing.uuid, THING_SIZE) == {"width": "3", "height": "4"}
         assert await node.tags.tokens(thing.uuid, HOST_HVM) is None
@@ -81,6 +84,8 @@ async def test_a_failed_create_leaves_neither_the_resource_nor_its_tags(db_url: 
             await node.api_call("CreateThing", name="t1", fail=True, systemTags=["color::red"])
         assert failed.value.error.code == "LAB.1000"
         assert await thing_names(node) == [] and await tag_rows(node) == []
+        assert await node.db.run(lambda: AccountResourceRefVO.select().where(
+            AccountResourceRefVO.resource_type == "Thing").count()) == 0
 
 
 async def test_system_tag_apis(db_url: str, data_dir: Path) -> None:
