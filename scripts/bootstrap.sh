@@ -4,7 +4,7 @@
 # four distributions plus the dev tools. Safe to run again: it only does what is missing.
 #
 #   bash scripts/bootstrap.sh          what `zstack node start` needs
-#   bash scripts/bootstrap.sh --test   also what the test suite needs (PostgreSQL 15 server)
+#   bash scripts/bootstrap.sh --test   also what the test suite needs (PostgreSQL 15, MariaDB servers)
 #
 # ZSTACK_BOOTSTRAP_FORCE=1 reinstalls the Python packages even if nothing changed.
 set -euo pipefail
@@ -19,6 +19,7 @@ APT_PACKAGES=(
 )
 if [[ "${1:-}" == "--test" ]]; then
     APT_PACKAGES+=(postgresql-15)                            # throwaway clusters for multi-node tests
+    APT_PACKAGES+=(mariadb-server)                           # throwaway MariaDB for tests/persistence
 fi
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
