@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import peewee
@@ -173,11 +173,12 @@ def recompute_sync(host_uuid: str, *, total_cpu: int | None = None, total_memory
         host.reserved_cpu = reserved_cpu
     if reserved_memory is not None:
         host.reserved_memory = reserved_memory
-    used = (VmInstanceVO.select(peewee.fn.COALESCE(peewee.fn.SUM(VmInstanceVO.cpu_num), 0).alias("cpu"),
-                                peewee.fn.COALESCE(peewee.fn.SUM(VmInstanceVO.memory_size), 0).alias("mem"))
-            .where(VmInstanceVO.host_uuid == host_uuid).dicts().get())
-    host.available_cpu = host.total_cpu - host.reserved_cpu - int(used["cpu"])
-    host.available_memory = host.total_memory - host.reserved_memory - int(used["mem"])
+    used = (VmInstanceVO.select(peewee.fn.COALESCE(peewee.fn.SUM(VmInstanceVO.cpu_num), 0),
+                                peewee.fn.COALESCE(peewee.fn.SUM(VmInstanceVO.memory_size), 0))
+            .where(VmInstanceVO.host_uuid == host_uuid).tuples().get())
+    used_cpu, used_memory = cast(tuple[int, int], used)
+    host.available_cpu = host.total_cpu - host.reserved_cpu - int(used_cpu)
+    host.available_memory = host.total_memory - host.reserved_memory - int(used_memory)
     host.save()
     return host
 

@@ -144,7 +144,7 @@ class Interface:
     def to_element(self) -> ET.Element:
         el = ET.Element("interface", type=self.type)
         ET.SubElement(el, "mac", address=self.mac)
-        ET.SubElement(el, "source", **{"bridge" if self.type == "bridge" else "network": self.source})
+        ET.SubElement(el, "source").set("bridge" if self.type == "bridge" else "network", self.source)
         if self.target_dev is not None:
             ET.SubElement(el, "target", dev=self.target_dev)
         ET.SubElement(el, "model", type=self.model)

@@ -31,8 +31,9 @@ from .api import (
 )
 from .cascade import run_cascade
 from .checks import cascade_mode, check_description, check_name, check_state_event
-from .configs import HOST_MAX_RECONNECT_INTERVAL, HOST_PING_INTERVAL, MIGRATION_QUANTITY
+from .configs import HOST_CONNECT_TIMEOUT, HOST_MAX_RECONNECT_INTERVAL, HOST_PING_INTERVAL, MIGRATION_QUANTITY
 from .errors import HostErrors
+from .hypervisor import guest_facts
 from .libvirt_host import LibvirtHost, libvirt_error
 from .models import HostVO, VmInstanceVO
 from .service import Part
@@ -105,13 +106,50 @@ class HostPart(Part):
 
     async def run_on(self, host_uuid: str, fn: Any, what: str, timeout: float | None = None) -> Any:
         """``fn(conn)`` on the host's worker; libvirt failures become ``HOST.1008``."""
-        lh = self.libvirt_host(host_uuid)
+        lh = self.connections.get(host_uuid)
+        if (lh is None or not lh.is_open) and not self.node.cluster.owns(host_uuid):
+            lh = await self.attach(host_uuid)
+        else:
+            lh = self.libvirt_host(host_uuid)
         try:
             return await lh.run(fn, timeout)
         except ZStackError:
             raise
         except Exception as exc:
             raise libvirt_error(exc, what) from exc
+
+    async def attach(self, uuid: str) -> LibvirtHost:
+        """This node's own connection to a host another management node manages, for the work
+        this node does there (VMs it creates, storage and network work through ``HostRunMsg``):
+        opened on demand with the guest facts read, but no connect chain and no status change,
+        which are the owner's."""
+        lh = self.connections.get(uuid)
+        if lh is not None and lh.is_open and lh.guest is not None:
+            return lh
+        row = await self.get(uuid)
+        if row.status != "Connected":
+            raise HostErrors.exc("1001", f"host {uuid} is {row.status}")
+        lh = self._ensure(uuid, row.management_url)
+
+        async def work() -> None:
+            if not lh.is_open:
+                await lh.open(self.node.configs.get(HOST_CONNECT_TIMEOUT.category, HOST_CONNECT_TIMEOUT.name))
+            if lh.guest is None:
+                try:
+                    lh.guest = await lh.run(guest_facts)
+                except ZStackError:
+                    raise
+                except Exception as exc:
+                    raise libvirt_error(exc, f"reading the facts of host {uuid}") from exc
+
+        await self.node.tasks.run(f"host-{uuid}", work)
+        return lh
+
+    async def attach_quietly(self, uuid: str) -> None:
+        try:
+            await self.attach(uuid)
+        except ZStackError as exc:
+            log.info("no connection of this node to host %s yet: %s", uuid, exc.error)
 
     async def set_status(self, uuid: str, status: str) -> None:
         await self.db(lambda: HostVO.update(status=status).where(HostVO.uuid == uuid).execute())
@@ -176,7 +214,8 @@ class HostPart(Part):
 
         uuid = await self.node.tasks.run(f"cluster-{cluster.uuid}", lambda: self.atomic(insert))
         self._ensure(uuid, uri)
-        self._managed.add(uuid)
+        if self.node.cluster.owns(uuid):
+            self._managed.add(uuid)  # else its owner's tracker takes it over at its next pass
         try:
             await self.node.tasks.run(f"host-{uuid}", lambda: self.connect(uuid, first_time=True))
         except BaseException:
@@ -300,11 +339,13 @@ class HostPart(Part):
         for row in rows:
             self._ensure(row.uuid, row.management_url)
             if not owns(row.uuid):
-                self._managed.discard(row.uuid)  # its owner pings it
+                self._managed.discard(row.uuid)  # its owner pings it; we keep a connection for our work
+                if row.status == "Connected" and not self.connections[row.uuid].is_open:
+                    work.append(self.attach_quietly(row.uuid))
                 continue
             if row.uuid not in self._managed:
                 self._managed.add(row.uuid)
-                log.info("host %s is now managed by this node (its management node left); reconnecting", row.uuid)
+                log.info("host %s is now managed by this node (its ownership moved here); reconnecting", row.uuid)
                 work.append(self.reconnect_quietly(row.uuid))
             elif row.status == "Connected":
                 work.append(self.ping(row.uuid, max(interval, 5.0)))

@@ -13,7 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
-import libvirt
+import libvirt  # type: ignore[import-untyped]
 
 from zstack_core import Flow, NoRollbackFlow
 from zstack_core.header import HostReservedCapacity

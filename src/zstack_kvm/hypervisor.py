@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import attrs
-import libvirt
+import libvirt  # type: ignore[import-untyped]
 
 from zstack_core.header import DiskTO, NicTO, VmInstanceSpec
 
@@ -75,10 +75,10 @@ def guest_facts(conn: libvirt.virConnect) -> GuestFacts:
     guests = [g for g in caps.findall("guest") if g.findtext("os_type") == "hvm"]
     if not guests:
         raise libvirt.libvirtError("the host offers no hvm guests")
-    preferred = [g for g in guests if (g.find("arch") is not None and g.find("arch").get("name") == host_arch)]
-    guest = (preferred or guests)[0]
-    arch_el = guest.find("arch")
-    assert arch_el is not None
+    archs = [a for a in (g.find("arch") for g in guests) if a is not None]
+    if not archs:
+        raise libvirt.libvirtError("the host's hvm guests name no architecture")
+    arch_el = next((a for a in archs if a.get("name") == host_arch), archs[0])
     types = [d.get("type", "") for d in arch_el.findall("domain")]
     if "test" in types:
         return GuestFacts(domain_type="test", arch=arch_el.get("name", host_arch), machine=None, emulator=None,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import attrs
-import libvirt
+import libvirt  # type: ignore[import-untyped]
 
 from zstack_core import ZStackError
 
@@ -337,9 +337,10 @@ async def open_probe(uri: str, timeout: float) -> dict[str, Any]:
             finally:
                 conn.close()
         except BaseException as exc:  # noqa: BLE001 - reported through the future
-            _hand_over(loop, lambda error=exc: fut.done() or fut.set_exception(error))
+            error = exc
+            _hand_over(loop, lambda: None if fut.done() else fut.set_exception(error))
             return
-        _hand_over(loop, lambda: fut.done() or fut.set_result(facts))
+        _hand_over(loop, lambda: None if fut.done() else fut.set_result(facts))
 
     threading.Thread(target=probe, name="zstack-host-probe", daemon=True).start()
     try:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zstack_core import ApiInterceptor, ApiRegistration, ErrorCodeSpace, FlowContribution, ManagementNode, Service, hookimpl
+from zstack_core.check import ConsistencyCheck
 from zstack_core.db import ModelRegistration
 from zstack_core.globalconfig import GlobalConfig
 from zstack_core.header import (
@@ -37,6 +38,7 @@ from zstack_core.tags import PatternedSystemTag
 
 from . import api
 from .cascade import delete_children
+from .consistency import CHECKS as CONSISTENCY_CHECKS
 from .configs import CONFIGS, CPU_OVER_PROVISIONING, HOST_PING_INTERVAL, RESERVED_MEMORY, SYSTEM_TAGS, VM_SYNC_INTERVAL
 from .console import KVMConsoleHypervisorBackend
 from .errors import ClusterErrors, HostErrors, VmErrors, ZoneErrors
@@ -154,6 +156,12 @@ def zstack_queryable_resources() -> Sequence[QueryableResource]:
         QueryableResource(name="InstanceOffering", model=InstanceOfferingVO, inventory=InstanceOfferingInventory),
         QueryableResource(name="VmInstance", model=VmInstanceVO, inventory=VmInstanceInventory, to_inventories=vms),
     ]
+
+
+@hookimpl
+def zstack_consistency_checks() -> Sequence[ConsistencyCheck]:
+    """Domains against VM rows, host capacity against VMs (see consistency.py)."""
+    return list(CONSISTENCY_CHECKS)
 
 
 @hookimpl

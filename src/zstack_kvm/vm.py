@@ -121,7 +121,7 @@ def attach_children_sync(node: Any, invs: list[VmInstanceInventory]) -> list[VmI
         extra = by_vm[inv.uuid]
         extra["vm_nics"].sort(key=lambda n: n.device_id)
         extra["all_volumes"].sort(key=lambda v: (v.type != "Root", v.device_id if v.device_id is not None else 0))
-        out.append(attrs.evolve(inv, **extra))
+        out.append(attrs.evolve(inv, vm_nics=extra["vm_nics"], all_volumes=extra["all_volumes"]))
     return out
 
 
@@ -645,10 +645,11 @@ class VmPart(Part):
             return
 
         def stuck() -> list[tuple[str, str]]:
-            q = (VmInstanceVO.select(VmInstanceVO.uuid, HostVO.uuid.alias("h"))
+            q = (VmInstanceVO.select(VmInstanceVO.uuid, HostVO.uuid)
                  .join(HostVO, on=(VmInstanceVO.host_uuid == HostVO.uuid))
                  .where(VmInstanceVO.uuid.in_(list(uuids)) & (HostVO.status != "Connected")))
-            return [(r.uuid, r.h) for r in q.objects()]
+            rows: Any = q.tuples()
+            return [(str(vm), str(host)) for vm, host in rows]
 
         blocked = await self.db(stuck)
         if blocked:
