@@ -3,8 +3,9 @@
 Allocation (ZStack's host allocator chain): candidates are the Connected, Enabled KVM hosts of
 enabled clusters and zones within the requested zone/cluster/host; compute's capacity filter
 drops those without the CPUs and memory; then every ``zstack_host_allocator_filters`` filter of
-other plugins (storage keeps hosts that reach the VM's primary storage...); a strategy orders
-what is left; the first host whose capacity can still be taken wins.
+other plugins (storage keeps hosts that reach the VM's primary storage...); a strategy (from
+``zstack_host_allocator_strategies``, chosen by the instance offering's ``allocatorStrategy``)
+orders what is left; the first host whose capacity can still be taken wins.
 
 Capacity is taken and given back only by :func:`take_sync` and :func:`give_back_sync`, each one
 transaction that moves the VM's ``host_uuid`` together with the host's available CPU and memory.
@@ -22,7 +23,9 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import peewee
 
+from zstack_core import hookspecs
 from zstack_core.header import HostInventory, VmInstanceSpec
+from zstack_core.header.backends import HostAllocatorStrategy
 
 from .errors import HostErrors, VmErrors
 from .models import ClusterVO, HostVO, VmInstanceVO, ZoneVO
@@ -33,7 +36,9 @@ if TYPE_CHECKING:
 __all__ = [
     "AllocationRequest",
     "HostAllocator",
-    "HostAllocatorStrategy",
+    "LastHostPreferredStrategy",
+    "LeastUsedStrategy",
+    "RandomStrategy",
     "give_back_sync",
     "recompute_sync",
     "move_sync",
@@ -53,42 +58,35 @@ class AllocationRequest:
     cluster_uuid: str | None = None
     host_uuid: str | None = None
     exclude: tuple[str, ...] = ()
-    last_host_uuid: str | None = None
     strategy: str | None = None
 
 
-class HostAllocatorStrategy:
-    """Orders the hosts that passed every filter; the first that still has room wins."""
-
-    name = ""
-
-    def order(self, hosts: list[HostInventory], request: AllocationRequest) -> list[HostInventory]:
-        raise NotImplementedError
-
-
 class LeastUsedStrategy(HostAllocatorStrategy):
-    """The host with the most free memory, then the most free CPUs (spreads load); the default."""
+    """The host with the most free memory, then the most free CPUs (spreads load)."""
 
     name = "LeastUsedHostAllocatorStrategy"
 
-    def order(self, hosts: list[HostInventory], request: AllocationRequest) -> list[HostInventory]:
+    def order(self, hosts: list[HostInventory], spec: VmInstanceSpec) -> list[HostInventory]:
         return sorted(hosts, key=lambda h: (-h.available_memory, -h.available_cpu, h.uuid))
 
 
 class LastHostPreferredStrategy(LeastUsedStrategy):
-    """The VM's last host when it fits (its disks may be there), else the least used."""
+    """The VM's last host when it fits (its disks may be there), else the least used; the
+    default."""
 
     name = "LastHostPreferredAllocatorStrategy"
 
-    def order(self, hosts: list[HostInventory], request: AllocationRequest) -> list[HostInventory]:
-        ordered = super().order(hosts, request)
-        return sorted(ordered, key=lambda h: h.uuid != request.last_host_uuid)
+    def order(self, hosts: list[HostInventory], spec: VmInstanceSpec) -> list[HostInventory]:
+        ordered = super().order(hosts, spec)
+        return sorted(ordered, key=lambda h: h.uuid != spec.vm.last_host_uuid)
 
 
 class RandomStrategy(HostAllocatorStrategy):
+    """Any host that fits, at random."""
+
     name = "RandomHostAllocatorStrategy"
 
-    def order(self, hosts: list[HostInventory], request: AllocationRequest) -> list[HostInventory]:
+    def order(self, hosts: list[HostInventory], spec: VmInstanceSpec) -> list[HostInventory]:
         out = list(hosts)
         random.shuffle(out)
         return out
@@ -188,8 +186,22 @@ class HostAllocator:
 
     def __init__(self, service: ComputeService) -> None:
         self.service = service
-        self.strategies: dict[str, HostAllocatorStrategy] = {
-            s.name: s for s in (LeastUsedStrategy(), LastHostPreferredStrategy(), RandomStrategy())}
+        self.strategies: dict[str, HostAllocatorStrategy] = {}
+
+    async def load_strategies(self) -> None:
+        """Compute's own strategies, and every plugin's ``zstack_host_allocator_strategies``
+        (collected when the service starts)."""
+        self.strategies = {s.name: s for s in (LastHostPreferredStrategy(), LeastUsedStrategy(), RandomStrategy())}
+        if not hasattr(hookspecs, "zstack_host_allocator_strategies"):
+            return  # a kernel older than the extension point
+        for answer in await self.service.node.hooks.call("zstack_host_allocator_strategies"):
+            for strategy in answer or ():
+                if not isinstance(strategy, HostAllocatorStrategy) or not strategy.name:
+                    raise TypeError(f"zstack_host_allocator_strategies must return named HostAllocatorStrategy "
+                                    f"objects, got {strategy!r}")
+                if strategy.name in self.strategies:
+                    raise ValueError(f"two plugins provide the host allocator strategy {strategy.name!r}")
+                self.strategies[strategy.name] = strategy
 
     def strategy_names(self) -> list[str]:
         return sorted(self.strategies)
@@ -220,8 +232,7 @@ class HostAllocator:
             return f"zone {request.zone_uuid}"
         return "any zone"
 
-    async def allocate(self, request: AllocationRequest, spec: VmInstanceSpec | None,
-                       place: bool = True) -> HostInventory:
+    async def allocate(self, request: AllocationRequest, spec: VmInstanceSpec, place: bool = True) -> HostInventory:
         """Reserve capacity on a host and place the VM there (``place`` False: only reserve);
         ``HOST.1004`` when none can take it."""
         db = self.service.node.db
@@ -235,16 +246,15 @@ class HostAllocator:
             raise HostErrors.exc("1004", f"the VM needs {request.cpu} CPUs and {request.memory} bytes of memory; the "
                                          f"host with the most room in {scope} has {best.available_cpu} CPUs and "
                                          f"{best.available_memory} bytes free")
-        if spec is not None:
-            for host_filter in self.service.node.extension("host_allocator_filters"):
-                fit = list(await host_filter.filter(fit, spec))
-                if not fit:
-                    name = getattr(host_filter, "name", "") or type(host_filter).__name__
-                    raise HostErrors.exc("1004", f"host allocator filter {name} left no host in {scope}")
+        for host_filter in self.service.node.extension("host_allocator_filters"):
+            fit = list(await host_filter.filter(fit, spec))
+            if not fit:
+                name = getattr(host_filter, "name", "") or type(host_filter).__name__
+                raise HostErrors.exc("1004", f"host allocator filter {name} left no host in {scope}")
         strategy = self.strategies.get(request.strategy or DEFAULT_STRATEGY)
         if strategy is None:
             raise HostErrors.exc("1000", f"unknown host allocator strategy {request.strategy!r}")
-        for host in strategy.order(fit, request):
+        for host in strategy.order(fit, spec):
             if await db.atomic(take_sync, request.vm_uuid if place else None, host.uuid, request.cpu, request.memory):
                 row = await db.run(lambda: HostVO.get(HostVO.uuid == host.uuid))
                 return row.to_inventory()  # type: ignore[no-any-return]

@@ -104,6 +104,7 @@ class ComputeService(Service):
     async def start(self) -> None:
         _services[id(self.node)] = self
         try:
+            await self.allocator.load_strategies()
             await self.vms.recover_interrupted()
             await self.hosts.start()
             self.sync.start()

@@ -431,8 +431,7 @@ class VmPart(Part):
         try:
             spec = await self.spec_of(uuid, None)
             request = AllocationRequest(vm_uuid=uuid, cpu=vm.cpu_num, memory=vm.memory_size, zone_uuid=vm.zone_uuid,
-                                        cluster_uuid=cluster_uuid, host_uuid=host_uuid,
-                                        last_host_uuid=vm.last_host_uuid, strategy=await self._strategy(vm))
+                                        cluster_uuid=cluster_uuid, host_uuid=host_uuid, strategy=await self._strategy(vm))
             host = await self.service.allocator.allocate(request, spec)
             spec.destination_host = host
             spec.vm = attrs.evolve(spec.vm, host_uuid=host.uuid, cluster_uuid=host.cluster_uuid,

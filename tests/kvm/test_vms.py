@@ -492,3 +492,52 @@ async def test_release_chain_runs_on_expunge(isolated_env: Path) -> None:
         assert await node.db.run(lambda: owner_of_sync(vm.uuid)) is None
     finally:
         await node.stop()
+
+
+async def test_allocator_strategies_are_an_extension_point(isolated_env: Path, driver_xml: Any) -> None:
+    from zstack_core.header.backends import HostAllocatorStrategy
+
+    class SmallestFirst(HostAllocatorStrategy):
+        """Packs VMs: the host with the least free memory first."""
+
+        name = "SmallestFirst"
+
+        def order(self, hosts: list[Any], spec: Any) -> list[Any]:
+            return sorted(hosts, key=lambda h: h.available_memory)
+
+    class Plugin:
+        @hookimpl
+        def zstack_host_allocator_strategies(self) -> list[HostAllocatorStrategy]:
+            return [SmallestFirst()]
+
+    node = await start_node(isolated_env, plugins=[Plugin()])
+    try:
+        cloud = await make_cloud(node)  # test:///default: 3 GiB
+        big = (await cloud.call("AddKVMHost", name="big", clusterUuid=cloud.cluster.uuid,
+                                url=driver_xml(cpus=8, memory_mib=8192))).inventory
+        packing = (await cloud.call("CreateInstanceOffering", name="packed", cpuNum=1, memorySize=64 * MiB,
+                                    allocatorStrategy="SmallestFirst")).inventory
+        vm = (await cloud.call("CreateVmInstance", name="p", instanceOfferingUuid=packing.uuid)).inventory
+        assert vm.host_uuid == cloud.host.uuid
+        spread = await cloud.create_vm()  # default: the VM's last host if it fits, else the least used
+        assert spread.host_uuid == big.uuid
+        await cloud.call("StopVmInstance", uuid=spread.uuid)
+        await cloud.call("UpdateResourceConfig", category="kvm", name="reservedMemory", resourceUuid=big.uuid,
+                         value="7900M")  # the last host is now the fuller one, but the VM still fits there
+        restarted = (await cloud.call("StartVmInstance", uuid=spread.uuid)).inventory
+        assert restarted.host_uuid == big.uuid
+    finally:
+        await node.stop()
+
+
+async def test_two_plugins_with_one_strategy_name_stop_the_start(isolated_env: Path) -> None:
+    from zstack_core import NodeStartError
+    from zstack_kvm.allocator import LeastUsedStrategy
+
+    class Plugin:
+        @hookimpl
+        def zstack_host_allocator_strategies(self) -> list[Any]:
+            return [LeastUsedStrategy()]
+
+    with pytest.raises(NodeStartError, match="LeastUsedHostAllocatorStrategy"):  # clashes with compute's own
+        await start_node(isolated_env, plugins=[Plugin()])

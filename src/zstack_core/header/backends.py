@@ -126,9 +126,20 @@ class HostAllocatorFilter:
         raise NotImplementedError
 
 
+class HostAllocatorStrategy:
+    """Orders the hosts that passed every filter; the first that still has room takes the VM.
+    ``spec.vm`` is the VM being placed (its ``last_host_uuid`` tells where it ran before)."""
+
+    name: str = ""
+
+    def order(self, hosts: list[HostInventory], spec: VmInstanceSpec) -> list[HostInventory]:
+        raise NotImplementedError
+
+
 __all__ = [
     "ConsoleBackend",
     "HostAllocatorFilter",
+    "HostAllocatorStrategy",
     "HypervisorFactory",
     "IpAllocationStrategy",
     "PrimaryStorageFactory",
