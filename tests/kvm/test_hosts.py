@@ -370,3 +370,35 @@ async def test_node_restart_reconnects_hosts_and_reconciles_vms(isolated_env: Pa
         assert started.state == "Running"
     finally:
         await node.stop()
+
+
+async def test_delete_refuses_vms_on_a_disconnected_host_unless_enforced(cloud: Cloud) -> None:
+    node = cloud.node
+    vm = await cloud.create_vm()
+    compute: Any = node.services["compute"]
+    await compute.hosts.lost(cloud.host.uuid, node.error_spaces["HOST"][1].error("1001", "cable pulled"))
+    await node.configs.update("kvm", "host.pingInterval", 3600.0)  # keep it disconnected
+    assert (await cloud.vm(vm.uuid)).state == "Unknown"
+    await expect_error("VM.1001", cloud.call("DeleteHost", uuid=cloud.host.uuid))
+    assert len(await node.query.find("Host")) == 1 and (await cloud.vm(vm.uuid)).state == "Unknown"
+    await cloud.call("DeleteHost", uuid=cloud.host.uuid, deleteMode="Enforcing")
+    row = await cloud.vm(vm.uuid)
+    assert (row.state, row.host_uuid) == ("Stopped", None)
+    assert await node.query.find("Host") == []
+
+
+async def test_kvm_host_factory_and_node_change_listener(cloud: Cloud) -> None:
+    node = cloud.node
+    [factory] = [f for f in node.extension("hypervisor_factories") if f.hypervisor_type == "KVM"]
+    assert factory.max_data_volume_number == 24
+    pings: list[str] = []
+
+    class Spy:
+        @hookimpl
+        def zstack_host_ping(self, host: Any) -> None:
+            pings.append(host.uuid)
+
+    node.plugins.register(Spy(), "spy")
+    await node.hooks.node_left("another-node")  # re-checks this node's hosts at once
+    await node.hooks.node_join("another-node")
+    assert pings == [cloud.host.uuid, cloud.host.uuid]

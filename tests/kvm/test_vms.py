@@ -541,3 +541,24 @@ async def test_two_plugins_with_one_strategy_name_stop_the_start(isolated_env: P
 
     with pytest.raises(NodeStartError, match="LeastUsedHostAllocatorStrategy"):  # clashes with compute's own
         await start_node(isolated_env, plugins=[Plugin()])
+
+
+async def test_before_hooks_can_refuse_and_paused_vms_stop(isolated_env: Path) -> None:
+    class Guard:
+        @hookimpl
+        def zstack_vm_before_destroy(self, vm: Any) -> None:
+            if vm.name == "precious":
+                raise ZStackError(spec_error("this VM is protected"))
+
+    node = await start_node(isolated_env, plugins=[Guard()])
+    try:
+        cloud = await make_cloud(node)
+        vm = await cloud.create_vm(name="precious")
+        await expect_error("VM.1000", cloud.call("DestroyVmInstance", uuid=vm.uuid))
+        assert (await cloud.vm(vm.uuid)).state == "Running" and len(await zstack_domains(cloud)) == 1
+        await cloud.call("PauseVmInstance", uuid=vm.uuid)
+        assert (await cloud.call("StopVmInstance", uuid=vm.uuid)).inventory.state == "Stopped"
+        await cloud.call("DestroyVmInstance", uuid=vm.uuid, deleteMode="Enforcing")  # forced: no veto
+        assert (await cloud.vm(vm.uuid)).state == "Destroyed"
+    finally:
+        await node.stop()

@@ -31,7 +31,10 @@ class VmReleaseFlows:
 
 
 class HostConnectFlows:
-    """Run when a host connects or reconnects: facts, capacity, then realizing networks/storage."""
+    """Run when a host connects or reconnects: facts, capacity, then realizing networks/storage.
+
+    ``data`` holds ``"host"`` (its :class:`HostInventory`), ``"node"`` and ``"first_time"``
+    (True when the host is being added). From ``CONNECT`` on, ``HostRunMsg`` reaches the host."""
 
     CHAIN = "host-connect"
     CONNECT = 100
