@@ -59,7 +59,6 @@ NODE_THAT_DIES = textwrap.dedent("""
 """)
 
 
-@every_backend
 async def test_jobs_left_running_by_a_dead_node_end_failed(db_url: str, data_dir: Path) -> None:
     script = NODE_THAT_DIES.format(tests=str(TESTS_DIR), data=str(data_dir), url=db_url)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

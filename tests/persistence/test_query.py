@@ -165,7 +165,7 @@ def load_rows(node: SyncManagementNode, rows: list[dict[str, Any]]) -> list[dict
     return rows
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=rows_strategy, query=query_strategy)
 def test_query_matches_a_python_filter(lab_node: SyncManagementNode, rows: list[dict[str, Any]],
                                        query: dict[str, Any]) -> None:
