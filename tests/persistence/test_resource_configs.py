@@ -70,7 +70,7 @@ async def test_override_chain_host_cluster_zone_global(db_url: str, data_dir: Pa
         assert await value_for(node, r["cluster"]) == (str(768 * MiB), "resource")
         assert lab.changes[-1] == ("lab", "reservedMemory", None, 256 * MiB, r["host"])
 
-        # Overrides survive a restart.
+    # Overrides survive a restart.
     async with new_node(db_url, data_dir, LabPlugin()) as node:
         assert node.configs.resolve("lab", "reservedMemory", chain) == 256 * MiB
 
