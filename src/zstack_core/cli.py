@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_client import add_client_commands
 
     add_client_commands(sub)
+    from .check import add_check_command
+
+    add_check_command(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .api import ApiInterceptor, ApiRegistration
+    from .check import ConsistencyCheck
     from .globalconfig import GlobalConfig
     from .properties import GlobalProperty
     from .db import ModelRegistration
@@ -211,6 +212,18 @@ def zstack_console_backends() -> Sequence[ConsoleBackend]:
 def zstack_host_allocator_filters() -> Sequence[HostAllocatorFilter]:
     """Filters that remove hosts unable to take a VM, applied in registration order after
     compute's own capacity filter.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def zstack_consistency_checks() -> Sequence[ConsistencyCheck]:
+    """Consistency checks this plugin contributes to ``zstack check`` (see
+    :mod:`zstack_core.check`): each compares what the plugin's tables record with what the hosts
+    really have and with its own bookkeeping (orphan domains, volume files, IPs, capacity).
+
+    Called once at start-up. A check only reads; it reaches hosts through ``HostRunMsg``.
 
     .. versionadded:: 0.1
     """

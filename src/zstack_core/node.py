@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import builtin
+from . import builtin, check
 from .cluster import Cluster, ClusterPlugin
 from .api import ApiInterceptor, ApiRegistration
 from .bus import CloudBus
@@ -141,6 +141,8 @@ class ManagementNode:
         self.plugins.infos[builtin.NAME].builtin = True
         self.plugins.register(ClusterPlugin(self), "zstack_core.cluster")
         self.plugins.infos["zstack_core.cluster"].builtin = True
+        self.plugins.register(check, "zstack_core.check")  # the consistency checker's API
+        self.plugins.infos["zstack_core.check"].builtin = True
         disabled = set(self._disabled)
         plugins_table = data.get("plugins", {})
         if isinstance(plugins_table, dict) and isinstance(plugins_table.get("disabled"), list):
@@ -255,7 +257,8 @@ class ManagementNode:
                 raise PluginError(f"plugin {plugin!r}: zstack_flows must return FlowContribution objects")
             self.flow_contributions.append(contribution)
         for name in ("hypervisor_factories", "primary_storage_factories", "ip_allocation_strategies",
-                     "security_group_backends", "console_backends", "host_allocator_filters"):
+                     "security_group_backends", "console_backends", "host_allocator_filters",
+                     "consistency_checks"):
             self.extensions[name] = getattr(self.hooks, name)()
         for plugin, models in self.hooks.models():
             if not isinstance(models, ModelRegistration):

@@ -342,6 +342,11 @@ class Hooks:
     def host_allocator_filters(self) -> list[tuple[str, Any]]:
         return self._collect_sync("zstack_host_allocator_filters")
 
+    def consistency_checks(self) -> list[tuple[str, Any]]:
+        from .check import ConsistencyCheck
+
+        return self._collect_sync("zstack_consistency_checks", ConsistencyCheck)
+
     # -- extension points that may refuse (exceptions propagate) -----------------------------
 
     async def call(self, name: str, /, **kwargs: Any) -> list[Any]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from zstack_core import ErrorCodeSpace, ManagementNode, Service, hookimpl
 from zstack_core.api import ApiRegistration
+from zstack_core.check import ConsistencyCheck
 from zstack_core.db import ModelRegistration
 from zstack_core.errors import SysErrors
 from zstack_core.flow import FlowContribution
@@ -46,6 +47,7 @@ from zstack_core.query import QueryableResource
 from zstack_core.tags import PatternedSystemTag
 
 from . import api, flows, hosts
+from .consistency import CHECKS as CONSISTENCY_CHECKS
 from .dhcp import DhcpApi
 from .errors import L2Errors, L3Errors, SecurityGroupErrors
 from .inventories import (
@@ -248,6 +250,12 @@ def zstack_api_messages() -> Sequence[ApiRegistration]:
 @hookimpl
 def zstack_models() -> Sequence[ModelRegistration]:
     return [REGISTRATION]
+
+
+@hookimpl
+def zstack_consistency_checks() -> Sequence[ConsistencyCheck]:
+    """Used IPs against NICs, NICs against VMs (see consistency.py)."""
+    return list(CONSISTENCY_CHECKS)
 
 
 @hookimpl

@@ -15,6 +15,7 @@ import attrs
 
 from zstack_core import ErrorCodeSpace, FlowContribution, GlobalProperty, ManagementNode, Service, SysErrors, hookimpl
 from zstack_core.api import ApiRegistration
+from zstack_core.check import ConsistencyCheck
 from zstack_core.db import ModelRegistration
 from zstack_core.globalconfig import Choices, GlobalConfig
 from zstack_core.header.backends import HostAllocatorFilter, PrimaryStorageFactory
@@ -32,6 +33,7 @@ except ImportError:  # a kernel that does not say which node a hook runs for
     def current_node() -> Any:  # type: ignore[misc]
         return None
 from .base import RESERVED_CAPACITY
+from .consistency import CHECKS as CONSISTENCY_CHECKS
 from .errors import ImageErrors, PrimaryStorageErrors, VolumeErrors
 from .flows import AllocatePrimaryStorageFlow, AllocateVolumeFlow, PrimaryStorageAllocatorFilter, VmVolumes
 from .image import IMAGE_DELETION_POLICY, IMAGE_STORE_PATH, AddImageInterceptor, ImageHandlers
@@ -148,6 +150,12 @@ def zstack_primary_storage_factories() -> Sequence[PrimaryStorageFactory]:
 @hookimpl
 def zstack_host_allocator_filters() -> Sequence[HostAllocatorFilter]:
     return [PrimaryStorageAllocatorFilter()]  # one per node: bound to its service at start
+
+
+@hookimpl
+def zstack_consistency_checks() -> Sequence[ConsistencyCheck]:
+    """Pool volumes, capacity and leftovers against storage's tables (see consistency.py)."""
+    return list(CONSISTENCY_CHECKS)
 
 
 @hookimpl
