@@ -52,4 +52,6 @@ def test_every_hookspec_is_in_a_section_and_has_a_documented_calling_convention(
     # Registration hooks return lists (typed Sequence[...]); the facade must collect exactly those.
     returns_sequence = {n for n in HOOKS
                         if re.match(r"Sequence\[", str(inspect.signature(getattr(hookspecs, n)).return_annotation))}
-    assert registration == returns_sequence
+    assert returns_sequence - registration == set(), \
+        "registration hooks (they return Sequence[...]) that the Hooks facade never collects with _collect_sync"
+    assert registration - returns_sequence == set(), "hooks the facade collects whose spec does not return a Sequence"
