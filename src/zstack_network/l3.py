@@ -145,7 +145,8 @@ class L3Api:
 
     node: Any
     if TYPE_CHECKING:
-        async def sync_dhcp(self, l3_uuid: str, host_uuids: Sequence[str] | None = None) -> None: ...
+        async def sync_dhcp(self, l3_uuid: str, host_uuids: Sequence[str] | None = None,
+                            strict: bool = False) -> None: ...
         async def remove_dhcp(self, l3_uuid: str, host_uuids: Sequence[str] | None = None) -> None: ...
 
     def strategy_names(self) -> list[str]:
@@ -367,7 +368,7 @@ class L3Api:
                 raise SysErrors.exc("1004", f"no L3 network {l3_uuid}")
             assert l3_uuid is not None
             space, ranges, _ = free_space_sync(l3_uuid, msg.ip_range_uuid)
-            out = []
+            out: list[FreeIpInventory] = []
             for value in space.from_value(start):
                 if len(out) >= msg.limit:
                     break
