@@ -39,6 +39,7 @@ ebtables rules on the physical port; that is not done here.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import xml.etree.ElementTree as ET
@@ -287,7 +288,46 @@ class DhcpApi:
                 await self.node.db.run(lambda h=host_uuid: DhcpNetworkHostRefVO.insert(
                     l3_network_uuid=l3_uuid, host_uuid=h).on_conflict_ignore().execute())
 
-        await self.node.tasks.run(f"dhcp-{l3_uuid}", run)
+        # Coalesce: while a sync of the same kind waits for its turn, later callers join it
+        # instead of queueing another. It has not read the database yet, so it will see their
+        # changes too; once it starts reading, the next caller queues a fresh one.
+        key = (l3_uuid, None if host_uuids is None else tuple(sorted(host_uuids)), strict)
+        pending = self._dhcp_waiting.get(key)
+        while pending is not None:
+            try:
+                await asyncio.shield(pending)
+                return
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this caller was cancelled
+                pending = self._dhcp_waiting.get(key)  # the one we joined was: start or join another
+        waiting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
+        self._dhcp_waiting[key] = waiting
+
+        async def turn() -> None:
+            if self._dhcp_waiting.get(key) is waiting:
+                del self._dhcp_waiting[key]
+            await run()
+
+        try:
+            await self.node.tasks.run(f"dhcp-{l3_uuid}", turn)
+        except BaseException as exc:
+            if self._dhcp_waiting.get(key) is waiting:
+                del self._dhcp_waiting[key]
+            if isinstance(exc, asyncio.CancelledError):
+                waiting.cancel()
+            elif not waiting.done():
+                waiting.set_exception(exc)
+            raise
+        waiting.set_result(None)
+
+    @property
+    def _dhcp_waiting(self) -> dict[tuple[Any, ...], asyncio.Future[None]]:
+        waiting: dict[tuple[Any, ...], asyncio.Future[None]] | None = self.__dict__.get("_dhcp_waiting_map")
+        if waiting is None:
+            waiting = self.__dict__["_dhcp_waiting_map"] = {}
+        return waiting
 
     async def _remove(self, l3_uuid: str, host_uuids: Sequence[str]) -> None:
         for host_uuid in host_uuids:
