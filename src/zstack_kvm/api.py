@@ -22,9 +22,18 @@ from zstack_core.header import (
 SERVICE = "compute"
 
 
+LONG_API_TIMEOUT = 1800.0
+"""Seconds a long compute API (a job) may run: starting many VMs on a loaded host, evacuating a
+host or a cascade delete take far longer than the bus's default 30 s."""
+
+
 @attrs.define(kw_only=True)
 class _ComputeApi(APIMessage):
     SERVICE_ID = SERVICE
+
+    def __attrs_post_init__(self) -> None:
+        if type(self).LONG_RUNNING and self.timeout is None:
+            self.timeout = LONG_API_TIMEOUT
 
 
 # -- zones ------------------------------------------------------------------------------------

@@ -358,6 +358,8 @@ class HostPart(Part):
         try:
             if lh is None or not lh.is_open:
                 raise HostErrors.exc("1001", "no open libvirt connection")
+            if lh.busy:
+                return  # the work in progress shows soon enough whether the host answers
 
             def probe(conn: Any) -> None:
                 if not conn.isAlive():

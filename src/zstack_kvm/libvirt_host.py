@@ -161,6 +161,9 @@ class HostWorker:
         self.name = name
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.pending = 0
+        """Jobs submitted and not yet finished (read from the event loop; written under the lock)."""
+        self._lock = threading.Lock()
         self._thread.start()
 
     def _loop(self) -> None:
@@ -169,15 +172,21 @@ class HostWorker:
             if job is None:
                 return
             fn, fut = job
-            if not fut.set_running_or_notify_cancel():
-                continue
             try:
-                fut.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-                fut.set_exception(exc)
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                    fut.set_exception(exc)
+            finally:
+                with self._lock:
+                    self.pending -= 1
 
     def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            self.pending += 1
         self._jobs.put((fn, fut))
         return fut
 
@@ -218,6 +227,12 @@ class LibvirtHost:
     @property
     def is_open(self) -> bool:
         return self.conn is not None
+
+    @property
+    def busy(self) -> bool:
+        """Work is queued or running on the host's worker. A ping then would wait behind it and
+        time out although the host is fine; keepalive on the connection covers a hung daemon."""
+        return self.worker.pending > 0
 
     async def _submit(self, fn: Callable[[], T], timeout: float | None) -> T:
         fut = asyncio.wrap_future(self.worker.submit(fn))
