@@ -81,25 +81,23 @@ def free_interface() -> Iterator[str]:
         subprocess.run(["ip", "link", "del", PHYS], capture_output=True)
 
 
-async def tear_down(node: Any) -> set[str]:
-    """Delete, through the node's APIs, everything the script built; return the UUIDs seen."""
+async def tear_down(node: Any, seen: set[str]) -> set[str]:
+    """Delete, through the node's APIs, everything the script built; add the UUIDs to ``seen``."""
     async def each(resource: str) -> list[Any]:
         return list((await api(node, f"Query{resource}")).inventories)
 
+    for resource in ("VmInstance", "L3Network", "L2Network", "PrimaryStorage"):
+        seen |= {inv.uuid for inv in await each(resource)}
     for host in await each("Host"):  # the node restarted: reach the host before cleaning it up
         await api(node, "ReconnectHost", uuid=host.uuid)
-    seen: set[str] = set()
     for vm in await each("VmInstance"):
-        seen.add(vm.uuid)
         if vm.state != "Destroyed":
             await api(node, "DestroyVmInstance", uuid=vm.uuid)
         await api(node, "ExpungeVmInstance", uuid=vm.uuid)
     for resource in ("L3Network", "L2Network"):
         for inv in await each(resource):
-            seen.add(inv.uuid)
             await api(node, f"Delete{resource}", uuid=inv.uuid)
     for ps in await each("PrimaryStorage"):
-        seen.add(ps.uuid)
         for cluster in await each("Cluster"):
             await api(node, "DetachPrimaryStorageFromCluster", primary_storage_uuid=ps.uuid, cluster_uuid=cluster.uuid)
         await api(node, "DeletePrimaryStorage", uuid=ps.uuid)
@@ -134,6 +132,8 @@ async def test_on_a_real_libvirtd_the_vm_outlives_the_node(libvirtd: str, free_i
     data = qemu_reachable_dir / "data"
     node = None
     domain = None
+    uuids: set[str] = set()
+    cleaned = False
     try:
         vm, progress = run("--data-dir", str(data), "--libvirt-uri", libvirtd, "--physical-interface", free_interface,
                            "--cidr", CIDR, cwd=tmp_path)
@@ -147,24 +147,38 @@ async def test_on_a_real_libvirtd_the_vm_outlives_the_node(libvirtd: str, free_i
         node = await make_node(plugins=["kvm", "storage", "network"], data_dir=data, libvirt_uri=libvirtd)
         [again] = (await api(node, "QueryVmInstance", conditions=[{"name": "uuid", "op": "=", "value": vm["uuid"]}])).inventories
         assert again.state == "Running"
-        uuids = await tear_down(node)
-        node = None
+        await tear_down(node, uuids)
         assert vm["uuid"] in uuids and len(uuids) == 4  # VM, L3, L2, primary storage
         assert virsh("domstate", domain).returncode != 0  # undefined
         assert ours(libvirt_names(), uuids) == set(), "the node left these behind"
         assert f"br_{free_interface}" not in libvirt_names()
+        cleaned = True
     finally:
-        # A step above failed: still try to leave the shared libvirtd clean.
-        if node is None and (data / "zstack.db").exists() and "uuids" not in locals():
-            try:
-                node = await make_node(plugins=["kvm", "storage", "network"], data_dir=data, libvirt_uri=libvirtd)
-            except Exception as exc:  # noqa: BLE001 - the test has failed already; report that failure
-                print(f"cleaning up: the node did not start: {exc}")
-        if node is not None:
-            try:
-                await tear_down(node)
-            except Exception as exc:  # noqa: BLE001
-                print(f"cleaning up failed: {exc}")
+        if not cleaned:  # a step above failed: still leave the shared libvirtd as we found it
+            await clean_up_after_failure(make_node, data, libvirtd, node, uuids, free_interface)
         if domain is not None:
             virsh("destroy", domain)
             virsh("undefine", domain)
+
+
+async def clean_up_after_failure(make_node: NodeFactory, data: Path, libvirtd: str, node: Any, uuids: set[str],
+                                 interface: str) -> None:
+    """Through the node's APIs as far as they go, then by name whatever they left behind."""
+    try:
+        if node is None and (data / "zstack.db").exists():
+            node = await make_node(plugins=["kvm", "storage", "network"], data_dir=data, libvirt_uri=libvirtd)
+        if node is not None:
+            await tear_down(node, uuids)
+    except Exception as exc:  # noqa: BLE001 - the test has failed already; that is the failure to report
+        print(f"cleaning up through the API failed: {exc}")
+    for name in ours(libvirt_names(), uuids):
+        if name.startswith("zs-dhcp-") or name.startswith("zs-l2-"):
+            virsh("net-destroy", name)
+            virsh("net-undefine", name)
+        elif name.startswith("zs-"):
+            virsh("pool-destroy", name)
+            virsh("pool-undefine", name)
+        else:
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+        print(f"cleaning up: removed {name}, which the node left behind")
+    subprocess.run(["ip", "link", "del", f"br_{interface}"], capture_output=True)
