@@ -73,7 +73,9 @@ class TaskQueues:
                 else:
                     if waiter in s.waiters:
                         s.waiters.remove(waiter)
-                    if not s.running and not s.waiters:
+                    # _release may already have dropped the signature (it skips a cancelled
+                    # waiter and, finding no other, retires it): drop it only if still ours.
+                    if not s.running and not s.waiters and self._signatures.get(signature) is s:
                         del self._signatures[signature]
                 raise
         try:
