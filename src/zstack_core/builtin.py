@@ -181,9 +181,10 @@ class GlobalConfigService(Service):
     async def get_resource(self, msg: APIGetResourceConfigMsg) -> APIResourceConfigReply:
         from .globalconfig import GlobalConfig
 
-        chain = await self.node.config_chain(msg.resource_uuid)
         configs = self.node.configs
         configs.config(msg.category, msg.name)
+        await self._resource_type(msg.resource_uuid)  # an unknown UUID is an error, not "global"
+        chain = await self.node.config_chain(msg.resource_uuid)
         source, value = "global", configs.get(msg.category, msg.name)
         for i, uuid in enumerate(chain):
             override = configs.resource_value(msg.category, msg.name, uuid)

@@ -320,8 +320,12 @@ class IdentityService(Service):
         if AccountVO.select().where(AccountVO.uuid == ADMIN_ACCOUNT_UUID).exists():
             return None
         password, generated = self._admin_password()
-        AccountVO.create(uuid=ADMIN_ACCOUNT_UUID, name="admin", type="SystemAdmin",
-                         description="the administrator", password_hash=hash_password(password))
+        try:
+            with AccountVO._meta.database.atomic():  # a savepoint: another node may win the race
+                AccountVO.create(uuid=ADMIN_ACCOUNT_UUID, name="admin", type="SystemAdmin",
+                                 description="the administrator", password_hash=hash_password(password))
+        except peewee.IntegrityError:
+            return None  # nodes started together on a fresh database: the other one created it
         own_sync(ADMIN_ACCOUNT_UUID, "Account", ADMIN_ACCOUNT_UUID)
         log.info("created the admin account")
         return password if generated else None
