@@ -14,7 +14,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from zstack_core import ManagementNode
+from zstack_core import ManagementNode, ZStackError
 
 from .conftest import Cloud, make_cloud, start_node
 from .test_vms import domain_xml
@@ -70,6 +70,25 @@ async def test_vm_with_image_and_l3_network_on_the_test_driver(full_node: Manage
     await cloud.call("StopVmInstance", uuid=vm.uuid)
     started = (await cloud.call("StartVmInstance", uuid=vm.uuid)).inventory  # devices come back at each start
     assert started.state == "Running" and len((await domain_xml(cloud, vm.uuid)).disks) == 1
+
+    # a second L3 network: the test driver cannot hot-plug, so the NIC is refused and released...
+    other = (await cloud.call("CreateL3Network", name="l3b", l2NetworkUuid=l2.uuid)).inventory
+    await cloud.call("AddIpRange", l3NetworkUuid=other.uuid, startIp="10.0.1.10", endIp="10.0.1.20",
+                     netmask="255.255.255.0", gateway="10.0.1.1")
+    with pytest.raises(ZStackError) as info:
+        await cloud.call("AttachL3NetworkToVm", vmInstanceUuid=vm.uuid, l3NetworkUuid=other.uuid)
+    assert info.value.code == "VM.1005"
+    assert len(await full_node.query.find("VmNic", [("vmInstanceUuid", "=", vm.uuid)])) == 1
+    # ...while a stopped VM gets it, and has it from its next start on
+    await cloud.call("StopVmInstance", uuid=vm.uuid)
+    attached = await cloud.call("AttachL3NetworkToVm", vmInstanceUuid=vm.uuid, l3NetworkUuid=other.uuid,
+                                staticIp="10.0.1.15")
+    assert (attached.nic.ip, attached.nic.device_id) == ("10.0.1.15", 1) and len(attached.inventory.vm_nics) == 2
+    await cloud.call("StartVmInstance", uuid=vm.uuid)
+    assert [i.mac for i in (await domain_xml(cloud, vm.uuid)).interfaces] == [nic.mac, attached.nic.mac]
+    await cloud.call("StopVmInstance", uuid=vm.uuid)
+    detached = await cloud.call("DetachL3NetworkFromVm", vmNicUuid=attached.nic.uuid)
+    assert [n.uuid for n in detached.inventory.vm_nics] == [nic.uuid]
     await cloud.call("DestroyVmInstance", uuid=vm.uuid)
     await cloud.call("ExpungeVmInstance", uuid=vm.uuid)
     assert await full_node.query.find("Volume", [("vmInstanceUuid", "=", vm.uuid)]) == []

@@ -139,3 +139,56 @@ async def test_cascade_reaches_other_plugins_and_they_can_veto(isolated_env: obj
         assert await node.query.find("Zone") == []
     finally:
         await node.stop()
+
+
+async def test_every_compute_api_refuses_missing_and_malformed_arguments(node: ManagementNode) -> None:
+    import attrs as _attrs
+
+    names = sorted(n for n in node.api.registrations if node.api.owner(n) == "kvm")
+    assert len(names) >= 30 and "AddKVMHost" in names and "QueryVmInstance" in names
+    for name in names:
+        cls = node.api.message_class(name)
+        required = [a for a in _attrs.fields(cls) if a.default is _attrs.NOTHING]
+        if not required:
+            continue  # the Query APIs: every field has a default
+        err = await expect_error("SYS.1007", node.api_call(name, {}))
+        assert err.error.opaque.get("field", "").startswith("$"), name
+        wrong = {a.name: 12345 for a in required}  # numbers where text is expected (or the reverse)
+        if any(a.type in (int, "int") for a in required):
+            wrong = {a.name: ("x" if a.type in (int, "int") else 12345) for a in required}
+        from zstack_core.serialize import camel
+
+        await expect_error("SYS.1007", node.api_call(name, {camel(k): v for k, v in wrong.items()}))
+    for resource in ("Zone", "Cluster", "Host", "InstanceOffering", "VmInstance"):
+        assert await node.query.find(resource) == []
+
+
+NOBODY = "0" * 32
+
+
+@pytest.mark.parametrize("api, body, code", [
+    ("UpdateZone", {"uuid": NOBODY}, "ZONE.1000"),
+    ("ChangeZoneState", {"uuid": NOBODY, "stateEvent": "enable"}, "ZONE.1000"),
+    ("UpdateCluster", {"uuid": NOBODY}, "CLUSTER.1000"),
+    ("ChangeClusterState", {"uuid": NOBODY, "stateEvent": "enable"}, "CLUSTER.1000"),
+    ("UpdateInstanceOffering", {"uuid": NOBODY}, "VM.1003"),
+    ("ChangeInstanceOfferingState", {"uuid": NOBODY, "stateEvent": "enable"}, "VM.1003"),
+    ("UpdateHost", {"uuid": NOBODY}, "HOST.1007"),
+    ("AddKVMHost", {"name": "h", "clusterUuid": NOBODY, "url": "test:///default"}, "HOST.1003"),
+    ("UpdateVmInstance", {"uuid": NOBODY}, "VM.1002"),
+    ("StartVmInstance", {"uuid": NOBODY}, "VM.1002"),
+    ("StopVmInstance", {"uuid": NOBODY}, "VM.1002"),
+    ("RebootVmInstance", {"uuid": NOBODY}, "VM.1002"),
+    ("PauseVmInstance", {"uuid": NOBODY}, "VM.1002"),
+    ("ResumeVmInstance", {"uuid": NOBODY}, "VM.1002"),
+    ("DestroyVmInstance", {"uuid": NOBODY}, "VM.1002"),
+    ("RecoverVmInstance", {"uuid": NOBODY}, "VM.1002"),
+    ("ExpungeVmInstance", {"uuid": NOBODY}, "VM.1002"),
+    ("MigrateVm", {"vmInstanceUuid": NOBODY}, "VM.1002"),
+    ("GetVmConsoleAddress", {"uuid": NOBODY}, "VM.1002"),
+    ("QueryVmInstance", {"conditions": [{"name": "colour", "op": "=", "value": "red"}]}, "SYS.1007"),
+    ("QueryHost", {"conditions": [{"name": "totalMemory", "op": ">", "value": "lots"}]}, "SYS.1007"),
+])
+async def test_unknown_resources_are_named_by_their_own_error_codes(node: ManagementNode, api: str,
+                                                                    body: dict, code: str) -> None:
+    await expect_error(code, node.api_call(api, body))
