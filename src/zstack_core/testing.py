@@ -83,20 +83,6 @@ __all__ = [
 TEST_LIBVIRT_URI = "test:///default"
 """libvirt's test driver: a fake hypervisor in-process, no daemon, no root, nothing touched."""
 
-def private_test_driver(path: str | os.PathLike[str], *, cpus: int = 4, memory: int | str = "2G") -> str:
-    """Write a libvirt test-driver definition of one host at ``path``; return its URI
-    (``test:///<path>``). Each such URI is a separate fake hypervisor, so a test can add several
-    hosts (``test:///default`` is one host per process, and a node refuses to add it twice)."""
-    memory_kib = parse_size(memory) // 1024
-    Path(path).write_text(
-        "<node>\n"
-        f"  <cpu><mhz>2000</mhz><model>i686</model><active>{cpus}</active><nodes>1</nodes>"
-        f"<sockets>1</sockets><cores>{cpus}</cores><threads>1</threads></cpu>\n"
-        f"  <memory>{memory_kib}</memory>\n"
-        "</node>\n")
-    return f"test://{Path(path).resolve()}"
-
-
 ADMIN_PASSWORD = "zstack-test-admin"
 """The admin account's password on nodes :func:`make_node` starts (for tests that log in)."""
 
@@ -423,6 +409,20 @@ class Env(dict[str, Any]):
 
 NODE_LIBVIRT_URI = FromNode(lambda node: node.properties["node.libvirt_uri"])
 """The node's ``node.libvirt_uri`` (the test driver under :func:`make_node`)."""
+
+
+def private_test_driver(path: str | os.PathLike[str], *, cpus: int = 4, memory: int | str = "2G") -> str:
+    """Write a libvirt test-driver definition of one host at ``path``; return its URI
+    (``test:///<path>``). Each such URI is a separate fake hypervisor, so a test can add several
+    hosts (``test:///default`` is one host per process, and a node refuses to add it twice)."""
+    memory_kib = parse_size(memory) // 1024
+    Path(path).write_text(
+        "<node>\n"
+        f"  <cpu><mhz>2000</mhz><model>i686</model><active>{cpus}</active><nodes>1</nodes>"
+        f"<sockets>1</sockets><cores>{cpus}</cores><threads>1</threads></cpu>\n"
+        f"  <memory>{memory_kib}</memory>\n"
+        "</node>\n")
+    return f"test://{Path(path).resolve()}"
 
 
 def _data_path(*parts: str) -> FromNode:
