@@ -226,6 +226,9 @@ CORE_PROPERTIES = [
                                "empty means an SQLite file under the data directory"),
     GlobalProperty(section="api", name="host", default="127.0.0.1", description="address the HTTP API binds"),
     GlobalProperty(section="api", name="port", type="int", default=8080, description="port of the HTTP API"),
+    GlobalProperty(section="api", name="max_concurrent_requests", type="int", default=512,
+                   description="API requests served at once; more are refused with SYS.1005 (HTTP 503, "
+                               "Retry-After) instead of queueing without bound"),
     GlobalProperty(section="bus", name="default_timeout", type="float", default=30.0,
                    description="seconds a bus call waits for a reply"),
     GlobalProperty(section="plugins", name="disabled", type="list", default=[],

@@ -164,6 +164,10 @@ class HttpApi:
             schema = self.schemas.object_schema(route.message)
             self._fields[route.name] = schema.get("properties", {})
         self._openapi: dict[str, Any] | None = None
+        self.in_flight = 0
+        """API requests being served now; beyond ``api.max_concurrent_requests`` a request is
+        refused at once with ``SYS.1005`` (503) instead of queueing without bound."""
+        self.max_in_flight = int(node.properties["api.max_concurrent_requests"])
 
     # -- documents ------------------------------------------------------------------------
 
@@ -357,11 +361,19 @@ def create_app(node: ManagementNode) -> Starlette:
     def endpoint(routes_by_method: dict[str, list[ApiRoute]]) -> Any:
         async def handle(request: Request) -> Response:
             method = "GET" if request.method == "HEAD" else request.method
+            if api.in_flight >= api.max_in_flight:  # back-pressure: a clear "busy", before any work
+                response = error_response(err("1005", f"{api.in_flight} API requests are being served "
+                                                      f"(api.max_concurrent_requests); retry later"), node)
+                response.headers["Retry-After"] = "1"
+                return response
+            api.in_flight += 1
             try:
                 return await api.call(request, routes_by_method[method])
             except Exception as exc:  # a bug: say so as an ErrorCode, never a bare traceback
                 log.exception("%s %s failed", request.method, request.url.path)
                 return error_response(err("1000", f"{type(exc).__name__}: {exc}"), node)
+            finally:
+                api.in_flight -= 1
 
         return handle
 
