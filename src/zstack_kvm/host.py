@@ -80,10 +80,12 @@ class HostPart(Part):
         self._next_attempt: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tracker: asyncio.Task[None] | None = None
+        self._owners: dict[str, str] = {}
+        """Each host's owner node at the tracker's last pass: tells a host whose node left (to
+        reconnect) from one that moved because a node joined (to take over as it is)."""
         self._managed: set[str] = set()
         """Hosts this node's tracker pings and reconnects: those it owns in the cluster's ring
-        (``node.cluster.owns``). A host owned but not yet managed was inherited from a node that
-        left: the tracker reconnects it."""
+        (``node.cluster.owns``). A host owned but not yet managed has just come to this node."""
         self.wake = asyncio.Event()
         """Set to run a tracker pass now (a host was lost, ``kvm/host.pingInterval`` changed)."""
 
@@ -335,23 +337,43 @@ class HostPart(Part):
         rows = await self.db(lambda: list(HostVO.select(HostVO.uuid, HostVO.status, HostVO.management_url)))
         now = time.monotonic()
         work = []
-        owns = self.node.cluster.owns
+        cluster = self.node.cluster
         for row in rows:
             self._ensure(row.uuid, row.management_url)
-            if not owns(row.uuid):
+            owner, previous = cluster.owner_of(row.uuid), self._owners.get(row.uuid)
+            self._owners[row.uuid] = owner
+            if owner != cluster.uuid:
                 self._managed.discard(row.uuid)  # its owner pings it; we keep a connection for our work
                 if row.status == "Connected" and not self.connections[row.uuid].is_open:
                     work.append(self.attach_quietly(row.uuid))
                 continue
             if row.uuid not in self._managed:
                 self._managed.add(row.uuid)
-                log.info("host %s is now managed by this node (its ownership moved here); reconnecting", row.uuid)
-                work.append(self.reconnect_quietly(row.uuid))
-            elif row.status == "Connected":
+                if previous is not None and previous != owner and previous not in cluster.members:
+                    # Its node left (or died): what that node knew of the host is gone with it.
+                    log.info("host %s is now managed by this node (its management node %s left); reconnecting",
+                             row.uuid, previous)
+                    work.append(self.reconnect_quietly(row.uuid))
+                    continue
+                if row.status == "Connected":
+                    # Moved here from a live node (one joined) or added through another node: it is
+                    # connected; open our own connection and ping it from now on.
+                    log.info("host %s is now managed by this node", row.uuid)
+                    work.append(self._take_over(row.uuid, max(interval, 5.0)))
+                    continue
+            if row.status == "Connected":
                 work.append(self.ping(row.uuid, max(interval, 5.0)))
             elif row.status == "Disconnected" and now >= self._next_attempt.get(row.uuid, 0):
                 work.append(self.reconnect_quietly(row.uuid))
         await asyncio.gather(*work)
+
+    async def _take_over(self, uuid: str, timeout: float) -> None:
+        try:
+            await self.attach(uuid)
+        except ZStackError as exc:
+            await self.lost(uuid, exc.error)
+            return
+        await self.ping(uuid, timeout)
 
     async def ping(self, uuid: str, timeout: float) -> None:
         lh = self.connections.get(uuid)

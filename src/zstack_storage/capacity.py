@@ -93,12 +93,19 @@ def set_host_capacity_sync(ps_uuid: str, host_uuid: str, total: int, available_p
     ref = H.get_or_none((H.primary_storage_uuid == ps_uuid) & (H.host_uuid == host_uuid))
     if ref is None:
         available = max(0, total - allocated_sync(ps_uuid, host_uuid))
-        H.insert(primary_storage_uuid=ps_uuid, host_uuid=host_uuid, total_capacity=total,
-                 available_capacity=available, total_physical_capacity=total,
-                 available_physical_capacity=available_physical).execute()
-        P.update(total_capacity=P.total_capacity + total,
-                 available_capacity=P.available_capacity + available).where(P.uuid == ps_uuid).execute()
-    else:
+        try:
+            # A savepoint: another management node may be recording the same host right now
+            # (its owner reconnecting it while this node attaches the storage); then update.
+            with H._meta.database.atomic():
+                H.insert(primary_storage_uuid=ps_uuid, host_uuid=host_uuid, total_capacity=total,
+                         available_capacity=available, total_physical_capacity=total,
+                         available_physical_capacity=available_physical).execute()
+        except peewee.IntegrityError:
+            ref = H.get((H.primary_storage_uuid == ps_uuid) & (H.host_uuid == host_uuid))
+        else:
+            P.update(total_capacity=P.total_capacity + total,
+                     available_capacity=P.available_capacity + available).where(P.uuid == ps_uuid).execute()
+    if ref is not None:
         delta = total - ref.total_capacity
         moved = (H.update(total_capacity=total, available_capacity=H.available_capacity + delta)
                  .where((H.primary_storage_uuid == ps_uuid) & (H.host_uuid == host_uuid)

@@ -1,8 +1,8 @@
 """The node-to-node endpoints, added to the node's HTTP API by :func:`install`.
 
 ``POST /v1/cluster/messages`` (a forwarded message; answers its reply), ``/v1/cluster/events``
-(events published on a peer), ``/v1/cluster/configs`` (a peer changed a global config) and
-``/v1/cluster/ping``. Each request must carry its body's HMAC under the cluster secret in
+(events published on a peer), ``/v1/cluster/configs`` (a peer changed a global config),
+``/v1/cluster/membership`` (a peer found a node dead: beat now) and ``/v1/cluster/ping``. Each request must carry its body's HMAC under the cluster secret in
 ``X-ZStack-Cluster-Signature``: without it, or with a wrong one, the answer is ``401`` with
 ``MN.1002`` and nothing is dispatched.
 
@@ -24,7 +24,7 @@ from ..errors import ErrorCode, SysErrors, ZStackError, err
 from ..http.status import status_of
 from . import wire
 from .errors import ClusterErrors
-from .manager import CONFIGS_PATH, EVENTS_PATH, MESSAGES_PATH, PING_PATH, handled_by
+from .manager import CONFIGS_PATH, EVENTS_PATH, MEMBERSHIP_PATH, MESSAGES_PATH, PING_PATH, handled_by
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -85,9 +85,13 @@ def cluster_routes(node: ManagementNode) -> list[Route]:
     async def ping(body: bytes) -> bytes:
         return wire.dumps({"node": node.cluster.uuid})
 
+    async def membership(body: bytes) -> bytes:
+        node.cluster.wake()
+        return wire.dumps({"node": node.cluster.uuid})
+
     return [Route(path, _endpoint(node, handler), methods=["POST"])
             for path, handler in ((MESSAGES_PATH, message), (EVENTS_PATH, events),
-                                  (CONFIGS_PATH, configs), (PING_PATH, ping))]
+                                  (CONFIGS_PATH, configs), (PING_PATH, ping), (MEMBERSHIP_PATH, membership))]
 
 
 class NodeHeaderMiddleware:

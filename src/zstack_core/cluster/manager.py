@@ -58,6 +58,7 @@ MESSAGES_PATH = "/v1/cluster/messages"
 EVENTS_PATH = "/v1/cluster/events"
 CONFIGS_PATH = "/v1/cluster/configs"
 PING_PATH = "/v1/cluster/ping"
+MEMBERSHIP_PATH = "/v1/cluster/membership"
 
 handled_by: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("zstack_handled_by", default=None)
 """Set by the HTTP layer for each API request; a forward appends the node that handled it, which
@@ -328,6 +329,8 @@ class Cluster:
             if peer.host is not None and peer.port is not None:
                 self.client.abort(peer.host, peer.port)
             await self._fail_jobs_of(peer.uuid)
+        if dead:
+            self._tell_peers(MEMBERSHIP_PATH)  # they beat now instead of up to an interval later
         await self._probe_suspects()
         self._rebuild_ring()
         token = _from_peer.set(True)
@@ -537,19 +540,22 @@ class Cluster:
         """A global config changed here: tell peers to re-read configs now."""
         if _from_peer.get():
             return  # applied from the database because a peer changed it; the peer tells others
+        self._tell_peers(CONFIGS_PATH)
+
+    def _tell_peers(self, path: str) -> None:
+        """Nudge every peer (``CONFIGS_PATH``: re-read configs; ``MEMBERSHIP_PATH``: beat now).
+        Best effort: what a lost nudge would have said, the peer learns at its next beat."""
         body = wire.dumps({"from": self.uuid})
         for peer in list(self.peers.values()):
-            if peer.host is None or peer.port is None:
-                continue
-            self._spawn(self._nudge(peer, body))
+            if peer.host is not None and peer.port is not None and not peer.suspect:
+                self._spawn(self._nudge(peer, path, body))
 
-    async def _nudge(self, peer: Peer, body: bytes) -> None:
+    async def _nudge(self, peer: Peer, path: str, body: bytes) -> None:
         assert peer.host is not None and peer.port is not None
         try:
-            await self.client.post(peer.host, peer.port, CONFIGS_PATH, body, self._headers(body), 5.0)
+            await self.client.post(peer.host, peer.port, path, body, self._headers(body), 5.0)
         except (ConnectionError, TimeoutError) as exc:
-            log.info("management node %s not told of a config change (it reads it at its next beat): %s",
-                     peer.uuid, exc)
+            log.info("management node %s not nudged at %s (it catches up at its next beat): %s", peer.uuid, path, exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
