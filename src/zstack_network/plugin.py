@@ -180,7 +180,26 @@ class NetworkService(L2Api, L3Api, DhcpApi, NicApi, SecurityGroupApi, Service):
             await self.node.db.run(lambda: L2NetworkClusterRefVO.delete().where(
                 L2NetworkClusterRefVO.cluster_uuid.in_(action.parent_uuids)).execute())
         elif action.parent_type == "Host":
+            for host_uuid in action.parent_uuids:
+                await self.clear_host(host_uuid)
             await self.forget_hosts(action.parent_uuids)
+
+    async def clear_host(self, host_uuid: str) -> None:
+        """Take what the network service put on a host that is being deleted (DHCP servers,
+        bridges, libvirt networks) off it while compute can still reach it; best effort."""
+
+        def load() -> tuple[list[str], list[Any]]:
+            dhcp = [u for (u,) in DhcpNetworkHostRefVO.select(DhcpNetworkHostRefVO.l3_network_uuid)
+                    .where(DhcpNetworkHostRefVO.host_uuid == host_uuid).tuples()]
+            rows = (L2NetworkVO.select().join(L2NetworkHostRefVO, on=(
+                L2NetworkHostRefVO.l2_network_uuid == L2NetworkVO.uuid)).where(L2NetworkHostRefVO.host_uuid == host_uuid))
+            return dhcp, l2_inventories(list(rows))
+
+        dhcp, l2s = await self.node.db.run(load)
+        for l3_uuid in dhcp:
+            await self.remove_dhcp(l3_uuid, [host_uuid])
+        for l2 in l2s:
+            await self.unrealize_l2(l2, [host_uuid])
 
     async def forget_hosts(self, host_uuids: Sequence[str]) -> None:
         def forget() -> None:

@@ -266,3 +266,21 @@ async def test_engine_rules_load_into_nftables_through_the_kvm_backend(real_clou
     finally:
         await backend.cleanup(c.host, vm_uuid)
     assert table not in sh("nft", "list", "ruleset").stdout
+
+
+async def test_deleting_the_zone_leaves_nothing_on_the_host(real_cloud: RealCloud) -> None:
+    """Compute deletes the zone's hosts before the network service hears of the zone; each host's
+    cascade takes the bridge, the DHCP server and the libvirt networks off it while it is still
+    reachable."""
+    c = real_cloud
+    l2, l3 = await c.l2_l3("10.91.0.0/24")
+    reply = await c.node.bus.call_ok(AllocateVmNicMsg(vm_instance_uuid=uuid.uuid4().hex, l3_network_uuid=l3.uuid))
+    await c.node.services["network"].prepare_host(c.host, [l3.uuid])  # type: ignore[attr-defined]
+    assert link(BRIDGE) is not None and link(f"zsdb{l3.uuid[:11]}") is not None
+    await c.node.bus.call_ok(ReleaseVmNicMsg(nic_uuid=reply.nic.uuid))
+    await c.call("DeleteZone", uuid=c.zone.uuid)
+    assert await c.node.query.find("L2Network") == []
+    listed = sh(*VIRSH, "net-list", "--all", "--name").stdout.split()
+    assert f"zs-l2-{l2.uuid}" not in listed and f"zs-dhcp-{l3.uuid}" not in listed
+    assert link(BRIDGE) is None and link(f"zsdb{l3.uuid[:11]}") is None and link(f"zsdl{l3.uuid[:11]}") is None
+    assert (link(PHYS) or {}).get("master") is None
