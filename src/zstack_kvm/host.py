@@ -16,6 +16,8 @@ import re
 import time
 from typing import Any
 
+import attrs
+
 from zstack_core import ErrorCode, ZStackError, handles, invalid_argument
 from zstack_core.header import HostConnectFlows, HostInventory
 from zstack_core.header.messages import HostRunMsg, HostRunReply
@@ -242,7 +244,9 @@ class HostPart(Part):
         data: dict[str, Any] = {"host": row.to_inventory(), "node": self.node, "first_time": first_time}
         try:
             await self.node.flow_chain(HostConnectFlows.CHAIN).run(data)
-            await self.node.hooks.host_connected(await self.inventory(uuid), first_time)
+            # The hooks see the host as it will be once they agree (the row says so after them).
+            connected = attrs.evolve(await self.inventory(uuid), status="Connected")
+            await self.node.hooks.host_connected(connected, first_time)
         except BaseException as exc:
             await lh.close()
             await self.set_status(uuid, "Disconnected")

@@ -187,10 +187,10 @@ async def test_connect_chain_is_extended_by_other_plugins(isolated_env: Path, dr
     node = await start_node(isolated_env, plugins=[Plugin()])
     try:
         cloud = await make_cloud(node)
-        assert seen == [("prepare", "vm", True), ("connected", "Connecting", True), ("added", "Connected")]
+        assert seen == [("prepare", "vm", True), ("connected", "Connected", True), ("added", "Connected")]
         seen.clear()
         await cloud.call("ReconnectHost", uuid=cloud.host.uuid)
-        assert seen == [("prepare", "vm", False), ("connected", "Connecting", False)]
+        assert seen == [("prepare", "vm", False), ("connected", "Connected", False)]
         flow.fail = True
         err = await expect_error("HOST.1005", cloud.call("ReconnectHost", uuid=cloud.host.uuid))
         assert err.error.caused("HOST.1000")
