@@ -141,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(rows)
     print()
-    print(f"{len(rows)} rows in {time.perf_counter() - started:.0f} s; "
+    import os
+
+    print(f"{len(rows)} rows in {time.perf_counter() - started:.0f} s "
+          f"(load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}); "
           f"targets met: {sum(r.met is True for r in rows)}, missed: {sum(r.met is False for r in rows)}")
     if args.json:
         args.json.write_text(json.dumps({"machine": about, "rows": [r.to_dict() for r in rows]}, indent=2))
