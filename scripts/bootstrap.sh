@@ -16,10 +16,12 @@ APT_PACKAGES=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients  # a real libvirtd with the QEMU driver
     qemu-system-x86 qemu-utils                               # guests and qcow2 volumes
     dnsmasq-base nftables iproute2                           # DHCP, security groups, bridges
+    iptables                                                 # libvirt 9.0 starts no network with an address without it
 )
 if [[ "${1:-}" == "--test" ]]; then
     APT_PACKAGES+=(postgresql-15)                            # throwaway clusters for multi-node tests
     APT_PACKAGES+=(mariadb-server)                           # throwaway MariaDB for tests/persistence
+    APT_PACKAGES+=(udhcpc)                                   # a real DHCP lease from a netns in tests/network
 fi
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
