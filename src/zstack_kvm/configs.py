@@ -10,6 +10,7 @@ from zstack_core.globalconfig import Choices, GlobalConfig, Range
 from zstack_core.tags import PatternedSystemTag
 
 __all__ = [
+    "BOOT_DEVICES",
     "BOOT_ORDER",
     "CONFIGS",
     "CPU_OVER_PROVISIONING",
@@ -83,5 +84,8 @@ HVM_CPU_FLAG = PatternedSystemTag(pattern="hvm::{flag}", resource_type="Host",
                                   description="hardware virtualization CPU flag (vmx or svm)")
 BOOT_ORDER = PatternedSystemTag(pattern="bootOrder::{order}", resource_type="VmInstance",
                                 description="boot devices in order, comma separated: hd, cdrom, network")
+
+BOOT_DEVICES = ("hd", "cdrom", "network", "fd")
+"""What ``bootOrder::`` may list (libvirt's ``<boot dev=...>``)."""
 
 SYSTEM_TAGS = [QEMU_IMG_VERSION, LIBVIRT_VERSION, HVM_CPU_FLAG, BOOT_ORDER]

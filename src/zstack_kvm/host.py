@@ -460,7 +460,7 @@ class HostPart(Part):
 
             async def evacuate(vm_uuid: str) -> None:
                 async with gate:
-                    await self.service.vms.evacuate(vm_uuid, uuid, policy.get(vm_uuid, "migrate"))
+                    await self.service.migration.evacuate(vm_uuid, uuid, policy.get(vm_uuid, "migrate"))
 
             results = await asyncio.gather(*(evacuate(v) for v in vms), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]

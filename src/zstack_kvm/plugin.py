@@ -43,11 +43,11 @@ from .configs import CONFIGS, CPU_OVER_PROVISIONING, HOST_PING_INTERVAL, RESERVE
 from .console import KVMConsoleHypervisorBackend
 from .errors import ClusterErrors, HostErrors, VmErrors, ZoneErrors
 from .host_flows import CapacityFlow, CollectFactsFlow, ConnectFlow, refresh_capacity
-from .interceptors import HostApiInterceptor, KVMApiInterceptor
+from .interceptors import HostApiInterceptor, KVMApiInterceptor, VmApiInterceptor
 from .models import MODELS, ClusterVO, HostVO, InstanceOfferingVO, VmInstanceVO, ZoneVO
 from .security_group import KVMSecurityGroupBackend, backend_of
 from .service import ComputeService, compute_of
-from .vm import VmApiInterceptor, attach_children_sync
+from .vm import attach_children_sync
 from .vm_flows import (
     AllocateHostFlow,
     CreateOnHypervisorFlow,

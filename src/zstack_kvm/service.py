@@ -2,7 +2,8 @@
 
 ZStack runs zone, cluster, host and VM services; here they are parts of one service (the header
 messages address ``compute``), each in its own module with its own ``@handles`` methods:
-:mod:`.zone`, :mod:`.cluster`, :mod:`.offering`, :mod:`.host`, :mod:`.vm`. The service collects
+:mod:`.zone`, :mod:`.cluster`, :mod:`.offering`, :mod:`.host`, :mod:`.vm`, :mod:`.vm_devices`,
+:mod:`.migration`. The service collects
 their handlers, starts the host tracker and the VM state sync, and closes every libvirt
 connection when the node stops.
 """
@@ -76,8 +77,10 @@ class ComputeService(Service):
         from .allocator import HostAllocator
         from .cluster import ClusterPart
         from .host import HostPart
+        from .migration import MigrationPart
         from .offering import InstanceOfferingPart
         from .vm import VmPart
+        from .vm_devices import VmDevicePart
         from .vmsync import VmStateSync
         from .zone import ZonePart
 
@@ -86,9 +89,12 @@ class ComputeService(Service):
         self.offerings = InstanceOfferingPart(self)
         self.hosts = HostPart(self)
         self.vms = VmPart(self)
+        self.vm_devices = VmDevicePart(self)
+        self.migration = MigrationPart(self)
         self.sync = VmStateSync(self)
         self.allocator = HostAllocator(self)
-        self.parts: list[Part] = [self.zones, self.clusters, self.offerings, self.hosts, self.vms]
+        self.parts: list[Part] = [self.zones, self.clusters, self.offerings, self.hosts, self.vms, self.vm_devices,
+                                  self.migration]
 
     def handlers(self) -> dict[type[Message], Callable[[Message], Awaitable[MessageReply | None]]]:
         out: dict[type[Message], Callable[[Message], Awaitable[MessageReply | None]]] = {}
