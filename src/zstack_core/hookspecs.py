@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .header.backends import (
         ConsoleBackend,
         HostAllocatorFilter,
+        HostAllocatorStrategy,
         HypervisorFactory,
         IpAllocationStrategy,
         PrimaryStorageFactory,
@@ -212,6 +213,18 @@ def zstack_console_backends() -> Sequence[ConsoleBackend]:
 def zstack_host_allocator_filters() -> Sequence[HostAllocatorFilter]:
     """Filters that remove hosts unable to take a VM, applied in registration order after
     compute's own capacity filter.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def zstack_host_allocator_strategies() -> Sequence[HostAllocatorStrategy]:
+    """Host allocator strategies: how compute orders the hosts that passed every filter (the
+    first that still has room takes the VM). Chosen by name through an instance offering's
+    ``allocatorStrategy``; names must be unique.
+
+    Called once when the compute service starts.
 
     .. versionadded:: 0.1
     """

@@ -342,6 +342,9 @@ class Hooks:
     def host_allocator_filters(self) -> list[tuple[str, Any]]:
         return self._collect_sync("zstack_host_allocator_filters")
 
+    def host_allocator_strategies(self) -> list[tuple[str, Any]]:
+        return self._collect_sync("zstack_host_allocator_strategies")
+
     def consistency_checks(self) -> list[tuple[str, Any]]:
         from .check import ConsistencyCheck
 

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import peewee
 
-from zstack_core import hookspecs
 from zstack_core.header import HostInventory, VmInstanceSpec
 from zstack_core.header.backends import HostAllocatorStrategy
 
@@ -192,16 +191,17 @@ class HostAllocator:
         """Compute's own strategies, and every plugin's ``zstack_host_allocator_strategies``
         (collected when the service starts)."""
         self.strategies = {s.name: s for s in (LastHostPreferredStrategy(), LeastUsedStrategy(), RandomStrategy())}
-        if not hasattr(hookspecs, "zstack_host_allocator_strategies"):
+        hooks = self.service.node.hooks
+        if not hasattr(hooks, "host_allocator_strategies"):
             return  # a kernel older than the extension point
-        for answer in await self.service.node.hooks.call("zstack_host_allocator_strategies"):
-            for strategy in answer or ():
-                if not isinstance(strategy, HostAllocatorStrategy) or not strategy.name:
-                    raise TypeError(f"zstack_host_allocator_strategies must return named HostAllocatorStrategy "
-                                    f"objects, got {strategy!r}")
-                if strategy.name in self.strategies:
-                    raise ValueError(f"two plugins provide the host allocator strategy {strategy.name!r}")
-                self.strategies[strategy.name] = strategy
+        for plugin, strategy in hooks.host_allocator_strategies():
+            if not isinstance(strategy, HostAllocatorStrategy) or not strategy.name:
+                raise TypeError(f"plugin {plugin!r}: zstack_host_allocator_strategies must return named "
+                                f"HostAllocatorStrategy objects, got {strategy!r}")
+            if strategy.name in self.strategies:
+                raise ValueError(f"plugin {plugin!r} provides the host allocator strategy {strategy.name!r}, "
+                                 f"which compute or another plugin already provides")
+            self.strategies[strategy.name] = strategy
 
     def strategy_names(self) -> list[str]:
         return sorted(self.strategies)

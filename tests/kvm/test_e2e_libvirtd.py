@@ -266,3 +266,67 @@ async def test_libvirtd_restart_while_the_node_runs(qemu_cloud: Cloud) -> None:
     await wait_for(lambda: host_status("Connected"), timeout=30, what="reconnected")
     await wait_for(lambda: vm_state("Running"), timeout=30, what="VM Running again")
     assert virsh_state(f"zstack-{vm.uuid}") == "running"  # QEMU kept running without libvirtd
+
+
+async def test_migration_that_libvirt_refuses_and_maintenance_that_falls_back_to_stop(
+        libvirtd: str, isolated_env: Path) -> None:
+    """Two host records for this one libvirtd (through its default socket and through the same
+    socket named in the URI): libvirt refuses to migrate a guest to the host it runs on, which
+    exercises a real failed migration (hooks, the destination's reservation given back) and a
+    maintenance that stops the VM it cannot move. (A successful live migration needs two
+    libvirtds on two machines; that is not possible here.)"""
+    from zstack_core import ZStackError, hookimpl
+
+    calls: list[tuple[str, str]] = []
+
+    class Watcher:
+        @hookimpl
+        def zstack_vm_before_migrate(self, vm: Any, destination_host_uuid: str) -> None:
+            calls.append(("before", destination_host_uuid))
+
+        @hookimpl
+        def zstack_vm_after_migrate(self, vm: Any, source_host_uuid: str) -> None:
+            calls.append(("after", source_host_uuid))  # never reached here: libvirt refuses
+
+        @hookimpl
+        def zstack_vm_failed_to_migrate(self, vm: Any, destination_host_uuid: str, error: Any) -> None:
+            calls.append(("failed", error.code))
+
+    node = await start_node(isolated_env, plugins=[Watcher()])
+    uuids: list[str] = []
+    try:
+        cloud = await make_cloud(node, url=libvirtd)
+        twin = (await cloud.call("AddKVMHost", name="twin", clusterUuid=cloud.cluster.uuid,
+                                 url="qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock")).inventory
+        vm = await cloud.create_vm(memory=64 * MiB, hostUuid=cloud.host.uuid)
+        uuids.append(vm.uuid)
+        twin_before = await cloud.host_row(twin.uuid)
+        with pytest.raises(ZStackError) as info:
+            await cloud.call("MigrateVm", vmInstanceUuid=vm.uuid, hostUuid=twin.uuid)
+        assert info.value.code == "HOST.1008"
+        assert calls == [("before", twin.uuid), ("failed", "HOST.1008")]
+        row = await cloud.vm(vm.uuid)
+        assert (row.state, row.host_uuid) == ("Running", cloud.host.uuid)
+        assert virsh_state(f"zstack-{vm.uuid}") == "running"
+        twin_after = await cloud.host_row(twin.uuid)
+        assert twin_after.available_memory == twin_before.available_memory  # the reservation came back
+
+        host = (await cloud.call("ChangeHostState", uuid=cloud.host.uuid, stateEvent="maintain")).inventory
+        assert host.state == "Maintenance"
+        assert (await cloud.vm(vm.uuid)).state == "Stopped" and virsh_state(f"zstack-{vm.uuid}") is None
+        started = (await cloud.call("StartVmInstance", uuid=vm.uuid)).inventory
+        assert started.host_uuid == twin.uuid  # the host in maintenance takes no VM
+    finally:
+        await node.stop()
+        conn = libvirt.open(URI)
+        try:
+            for uuid in uuids:
+                try:
+                    dom = conn.lookupByName(f"zstack-{uuid}")
+                except libvirt.libvirtError:
+                    continue
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+        finally:
+            conn.close()
