@@ -420,8 +420,8 @@ class GlobalConfigs:
                 changes.append((category, name, old, new, resource_uuid))
         for key in [k for k in self._overrides if k not in present]:
             changes.append((key[1], key[2], self._overrides.pop(key), None, key[0]))
-        for category, name, old, new, resource_uuid in changes:
-            await self.hooks.global_config_changed(category, name, old, new, resource_uuid)
+        for change in changes:
+            await self.hooks.global_config_changed(*change)
         return len(changes)
 
     def reload_value(self, category: str, name: str, text: str, resource_uuid: str | None = None) -> None:

@@ -215,7 +215,19 @@ class InProcessCluster:
 
 @pytest.fixture
 async def pg_cluster(pg_url: str, tmp_path: Path) -> AsyncIterator[InProcessCluster]:
+    """In-process nodes on a PostgreSQL database of their own."""
     cluster = InProcessCluster(pg_url, tmp_path)
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+async def db_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[InProcessCluster]:
+    """In-process nodes on a database of their own, on PostgreSQL and on MariaDB."""
+    url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "mariadb_url")
+    cluster = InProcessCluster(url, tmp_path)
     try:
         yield cluster
     finally:

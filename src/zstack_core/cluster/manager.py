@@ -318,19 +318,21 @@ class Cluster:
             if now - peer.changed_at > self.detection_time:
                 dead.append(peer)
         gone = [p for uuid, p in self.peers.items() if uuid not in present]
-        for peer in dead:
-            # Only the row as we saw it: a node that beat meanwhile is not dead.
-            await self.node.db.run(lambda p=peer: ManagementNodeVO.delete().where(
-                (ManagementNodeVO.uuid == p.uuid) & (ManagementNodeVO.beats == p.beats)).execute())
-            log.warning("management node %s (%s) missed its heartbeats for %.1fs: it is dead",
-                        peer.uuid, peer.url, now - peer.changed_at)
-        for peer in [*dead, *gone]:
+        for peer in [*dead, *gone]:  # out of the ring at once: no more work is sent there
             self.peers.pop(peer.uuid, None)
             if peer.host is not None and peer.port is not None:
                 self.client.abort(peer.host, peer.port)
-            await self._fail_jobs_of(peer.uuid)
+        self._rebuild_ring()
+        for peer in dead:
+            log.warning("management node %s (%s) missed its heartbeats for %.1fs: it is dead",
+                        peer.uuid, peer.url, now - peer.changed_at)
+            # Only the row as we saw it: a node that beat meanwhile is not dead.
+            await self.node.db.run(lambda p=peer: ManagementNodeVO.delete().where(
+                (ManagementNodeVO.uuid == p.uuid) & (ManagementNodeVO.beats == p.beats)).execute())
         if dead:
             self._tell_peers(MEMBERSHIP_PATH)  # they beat now instead of up to an interval later
+        for peer in [*dead, *gone]:
+            await self._fail_jobs_of(peer.uuid)
         await self._probe_suspects()
         self._rebuild_ring()
         token = _from_peer.set(True)

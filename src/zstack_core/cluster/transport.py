@@ -180,7 +180,7 @@ class HttpPeerClient:
 
     @staticmethod
     async def _chunked(reader: asyncio.StreamReader) -> bytes:
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int((await reader.readline()).split(b";", 1)[0].strip(), 16)
             if size == 0:
