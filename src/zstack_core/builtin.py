@@ -13,7 +13,7 @@ import attrs
 
 from .api import ApiInterceptor, ApiRegistration
 from .db import ModelRegistration
-from . import identity
+from . import check, identity
 from .errors import ErrorCodeSpace, ZStackError, invalid_argument
 from .globalconfig import GlobalConfig
 from .properties import GlobalProperty
@@ -285,7 +285,8 @@ def zstack_models() -> Sequence[ModelRegistration]:
 
 @hookimpl
 def zstack_services(node: Any) -> Sequence[Service]:
-    return [GlobalConfigService(), SystemTagService(), QueryService(), identity.IdentityService()]
+    return [GlobalConfigService(), SystemTagService(), QueryService(), identity.IdentityService(),
+            check.ConsistencyService()]
 
 
 @hookimpl
@@ -304,6 +305,7 @@ def zstack_api_messages() -> Sequence[ApiRegistration]:
         ApiRegistration(message=APICreateSystemTagMsg, route=("POST", "/v1/system-tags")),
         ApiRegistration(message=APIDeleteSystemTagMsg, route=("DELETE", "/v1/system-tags/{uuid}")),
         *identity.api_registrations(),
+        *check.api_registrations(),
     ]
 
 

@@ -39,7 +39,6 @@ import attrs
 
 from .api import ApiRegistration
 from .errors import ErrorCode, SysErrors, ZStackError
-from .hookspecs import hookimpl
 from .messages import APIMessage, APIReply
 from .service import Service, handles
 
@@ -344,16 +343,8 @@ class ConsistencyService(Service):
         return reply_of(await check(self.node, checks=msg.checks, confirm=msg.confirm))
 
 
-# The kernel registers this module as a plugin of its own (``zstack_core.check``).
-
-
-@hookimpl
-def zstack_services(node: Any) -> Sequence[Service]:
-    return [ConsistencyService()]
-
-
-@hookimpl
-def zstack_api_messages() -> Sequence[ApiRegistration]:
+def api_registrations() -> list[ApiRegistration]:
+    """``CheckConsistency``, registered by the kernel's own plugin (:mod:`zstack_core.builtin`)."""
     return [ApiRegistration(message=APICheckConsistencyMsg, route=("GET", "/v1/consistency-report"),
                             admin_only=True)]
 

@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import builtin, check
+from . import builtin
 from .cluster import Cluster, ClusterPlugin
 from .api import ApiInterceptor, ApiRegistration
 from .bus import CloudBus
@@ -141,8 +141,6 @@ class ManagementNode:
         self.plugins.infos[builtin.NAME].builtin = True
         self.plugins.register(ClusterPlugin(self), "zstack_core.cluster")
         self.plugins.infos["zstack_core.cluster"].builtin = True
-        self.plugins.register(check, "zstack_core.check")  # the consistency checker's API
-        self.plugins.infos["zstack_core.check"].builtin = True
         disabled = set(self._disabled)
         plugins_table = data.get("plugins", {})
         if isinstance(plugins_table, dict) and isinstance(plugins_table.get("disabled"), list):

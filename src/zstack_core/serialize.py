@@ -7,11 +7,14 @@ the field path, so a user sees ``$.memorySize: expected int`` rather than a trac
 
 from __future__ import annotations
 
+import collections.abc
 import re
+import typing
 from typing import Any, TypeVar
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from .errors import ErrorCode, ZStackError, invalid_argument
@@ -54,6 +57,26 @@ converter.register_structure_hook(float, _strict(float, (int, float)))
 converter.register_structure_hook(bool, _strict(bool, (bool,)))
 converter.register_structure_hook(ErrorCode, lambda d, _: ErrorCode.from_dict(d))
 converter.register_unstructure_hook(ErrorCode, ErrorCode.to_dict)
+
+
+def _is_list(kind: Any) -> bool:
+    return kind is list or typing.get_origin(kind) in (list, collections.abc.Sequence, collections.abc.MutableSequence)
+
+
+def _strict_list(kind: Any) -> Any:
+    # cattrs makes a list of any iterable: "abc" would become ["a", "b", "c"] and {"a": 1}
+    # ["a"]. A JSON list is the only list an API takes.
+    items = list_structure_factory(kind, converter)
+
+    def hook(value: Any, type_: Any) -> Any:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        return items(value, type_)
+
+    return hook
+
+
+converter.register_structure_hook_factory(_is_list, _strict_list)
 
 
 def _overrides(cls: type) -> dict[str, Any]:

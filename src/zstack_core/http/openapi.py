@@ -154,7 +154,7 @@ def _operation(node: ManagementNode, schemas: SchemaBuilder, path: str, method: 
                                "userTags": {"type": "array", "items": {"type": "string"}}},
                 "additionalProperties": False,
             }
-            if required:
+            if required or len(routes) > 1:  # several APIs on one route: the key chooses
                 body["required"] = [key]
             bodies.append(body)
         schema = bodies[0] if len(bodies) == 1 else {"oneOf": bodies}
@@ -162,10 +162,14 @@ def _operation(node: ManagementNode, schemas: SchemaBuilder, path: str, method: 
     if params:
         op["parameters"] = params
     responses: dict[str, Any] = {}
-    ok = [_reply_schema(node, schemas, r) for r in routes if not r.long_running]
+    ok: list[dict[str, Any]] = []
+    for r in routes:  # APIs sharing a route often share their reply: list each schema once
+        schema = _reply_schema(node, schemas, r)
+        if not r.long_running and schema not in ok:
+            ok.append(schema)
     if ok:
         responses["200"] = {"description": "the reply",
-                            "content": {"application/json": {"schema": ok[0] if len(ok) == 1 else {"oneOf": ok}}}}
+                            "content": {"application/json": {"schema": ok[0] if len(ok) == 1 else {"anyOf": ok}}}}
     if any(r.long_running for r in routes):
         responses["202"] = {"description": "the API runs as a job: poll the Location",
                             "headers": {"Location": {"schema": {"type": "string"}}},
