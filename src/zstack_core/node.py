@@ -35,6 +35,7 @@ from .messages import APIMessage, MessageReply
 from .plugins import PluginError, PluginManager
 from .properties import CORE_PROPERTIES, ConfigError, GlobalProperty, Properties, load_toml
 from .query import QueryableResource, QueryEngine
+from .redaction import install_log_redaction
 from .service import Service
 from .tags import PatternedSystemTag, SystemTags
 from .taskqueue import TaskQueues
@@ -170,6 +171,7 @@ class ManagementNode:
         if self.state != "Created":
             raise NodeStartError(f"a node can start once; this one is {self.state}")
         self.state = "Starting"
+        install_log_redaction()  # passwords in URIs never reach a log
         try:
             data, path = self._config_source()
             self._load_plugins(data)

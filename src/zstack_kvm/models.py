@@ -13,7 +13,7 @@ from typing import Any
 
 import peewee
 
-from zstack_core.db import ResourceModel
+from zstack_core.db import BaseModel, ResourceModel, utcnow
 from zstack_core.header import (
     ClusterInventory,
     HostInventory,
@@ -22,7 +22,7 @@ from zstack_core.header import (
     ZoneInventory,
 )
 
-__all__ = ["ClusterVO", "HostVO", "InstanceOfferingVO", "MODELS", "VmInstanceVO", "ZoneVO"]
+__all__ = ["ClusterVO", "HostVO", "InstanceOfferingVO", "MODELS", "VmCreatingVO", "VmInstanceVO", "ZoneVO"]
 
 
 class ZoneVO(ResourceModel):
@@ -122,4 +122,16 @@ class VmInstanceVO(ResourceModel):
         return [u for u in (self.host_uuid, self.cluster_uuid, self.zone_uuid) if u]
 
 
-MODELS: list[type[Any]] = [ZoneVO, ClusterVO, HostVO, InstanceOfferingVO, VmInstanceVO]
+class VmCreatingVO(BaseModel):
+    """A VM whose create has not ended (written with the VM row, removed when the create
+    succeeds or is rolled back). What a node killed mid-create leaves here is rolled back when it
+    starts again: a VM is either created and recorded, or gone with everything it held."""
+
+    vm_uuid = peewee.CharField(primary_key=True, max_length=32)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "vm_creating"
+
+
+MODELS: list[type[Any]] = [ZoneVO, ClusterVO, HostVO, InstanceOfferingVO, VmInstanceVO, VmCreatingVO]

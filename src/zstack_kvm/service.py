@@ -10,6 +10,7 @@ connection when the node stops.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -95,6 +96,7 @@ class ComputeService(Service):
         self.allocator = HostAllocator(self)
         self.parts: list[Part] = [self.zones, self.clusters, self.offerings, self.hosts, self.vms, self.vm_devices,
                                   self.migration]
+        self._recovery: asyncio.Task[None] | None = None
 
     def handlers(self) -> dict[type[Message], Callable[[Message], Awaitable[MessageReply | None]]]:
         out: dict[type[Message], Callable[[Message], Awaitable[MessageReply | None]]] = {}
@@ -114,11 +116,18 @@ class ComputeService(Service):
             await self.vms.recover_interrupted()
             await self.hosts.start()
             self.sync.start()
+            if self.vms.interrupted_creates:  # after the hosts reconnect, in the background
+                self._recovery = asyncio.get_running_loop().create_task(
+                    self.vms.roll_back_interrupted_creates(self.vms.interrupted_creates),
+                    name="zstack-kvm-roll-back-interrupted-creates")
         except BaseException:
             _services.pop(id(self.node), None)
             raise
 
     async def stop(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         try:
             await self.sync.stop()
             await self.hosts.stop()

@@ -52,7 +52,7 @@ from .checks import cascade_mode, check_description, check_name
 from .configs import BOOT_ORDER, VM_CPU_MODE, VM_STOP_TIMEOUT
 from .errors import HostErrors, VmErrors
 from .hypervisor import build_domain, define_and_start, destroy_domain, domain_state, pause, request_shutdown, resume
-from .models import HostVO, InstanceOfferingVO, VmInstanceVO
+from .models import HostVO, InstanceOfferingVO, VmCreatingVO, VmInstanceVO
 from .offering import check_vm_size
 from .service import Part
 from .zone import forget_resource_sync
@@ -99,6 +99,9 @@ def attach_children_sync(node: Any, invs: list[VmInstanceInventory]) -> list[VmI
 
 
 class VmPart(Part):
+    interrupted_creates: list[str]
+    """VMs whose create a previous run of the node did not finish (found at start-up)."""
+
     # -- reading ------------------------------------------------------------------------------
 
     async def get(self, uuid: str, field: str = "uuid") -> VmInstanceVO:
@@ -237,6 +240,7 @@ class VmPart(Part):
             VmInstanceVO.create(uuid=uuid, name=name, description=msg.description, state="Starting",
                                 image_uuid=msg.image_uuid, instance_offering_uuid=msg.instance_offering_uuid,
                                 cpu_num=cpu, memory_size=memory, zone_uuid=msg.zone_uuid, cluster_uuid=msg.cluster_uuid)
+            VmCreatingVO.create(vm_uuid=uuid)
             own_sync(uuid, "VmInstance", msg.account_uuid)
             self.node.tags.create_sync(uuid, "VmInstance", msg.system_tags)
 
@@ -259,6 +263,7 @@ class VmPart(Part):
                 await self.change(uuid, "Stopped", release=True, last_host_uuid=host.uuid)
             else:
                 await self.change(uuid, "Running", last_host_uuid=host.uuid)
+            await self.db(lambda: VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute())
             await self.node.api.report_progress(msg.headers.get("job_id"), 100)
             return await self.inventory(uuid)
 
@@ -272,9 +277,51 @@ class VmPart(Part):
 
         def remove() -> None:
             VmInstanceVO.delete().where(VmInstanceVO.uuid == uuid).execute()
+            VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute()
             forget_resource_sync(self.node, uuid)
 
         await self.atomic(remove)
+
+    async def roll_back_interrupted_creates(self, uuids: Sequence[str], host_wait: float = 60.0) -> None:
+        """Creates a previous run of the node left unfinished (killed mid-create) are undone as a
+        failed create is: the domain goes, every plugin releases what it prepared (volumes, NICs,
+        addresses), the capacity comes back and the VM is gone. Runs once the VMs' hosts are back
+        (at most ``host_wait`` seconds each: a host still away keeps what is on it, and the
+        consistency checker shows it when it returns)."""
+        for uuid in uuids:
+            try:
+                await self.queue(uuid, lambda uuid=uuid: self._roll_back_create(uuid, host_wait))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("rolling back the interrupted create of VM %s failed", uuid)
+
+    async def _roll_back_create(self, uuid: str, host_wait: float) -> None:
+        vm = await self.db(lambda: VmInstanceVO.get_or_none(VmInstanceVO.uuid == uuid))
+        if vm is None or vm.state != "Starting":  # gone, or the create had ended: nothing to undo
+            await self.db(lambda: VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute())
+            return
+        host = None
+        if vm.host_uuid is not None:
+            hosts = self.service.hosts
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + host_wait
+            while loop.time() < deadline:
+                row = await self.db(lambda: HostVO.get_or_none(HostVO.uuid == vm.host_uuid))
+                lh = hosts.connections.get(vm.host_uuid)
+                if row is None or (row.status == "Connected" and lh is not None and lh.is_open):
+                    break
+                await asyncio.sleep(0.2)
+            if row is not None:
+                host = row.to_inventory()
+                try:
+                    await hosts.run_on(vm.host_uuid, lambda c: destroy_domain(c, uuid), f"removing VM {uuid}")
+                except ZStackError as exc:
+                    log.warning("VM %s: its half-created domain could not be removed: %s", uuid, exc.error)
+        log.warning("VM %s was being created when the node stopped; rolling the create back", uuid)
+        spec = await self.spec_of(uuid, host)
+        await self.node.hooks.network_services_release(spec)
+        await self._undo_create(spec)
 
     # -- update -------------------------------------------------------------------------------
 
@@ -574,7 +621,11 @@ class VmPart(Part):
         """At start-up: VMs a previous run left mid-operation get a state the reconcile can work
         from (``Unknown`` while they hold a host)."""
         rows = await self.db(lambda: list(VmInstanceVO.select().where(VmInstanceVO.state.in_(list(TRANSITIONAL)))))
+        creating = set(await self.db(lambda: [r.vm_uuid for r in VmCreatingVO.select()]))
+        self.interrupted_creates = sorted(creating)  # see roll_back_interrupted_creates
         for row in rows:
+            if row.uuid in creating and row.state == "Starting":
+                continue
             target = TRANSITIONAL[row.state] or ("Unknown" if row.host_uuid else "Stopped")
             if target == "Unknown" and row.host_uuid is None:
                 target = "Stopped"

@@ -14,6 +14,7 @@ volume that was never placed:
 from __future__ import annotations
 
 import logging
+import os
 
 import attrs
 
@@ -24,6 +25,7 @@ from zstack_core.ownership import disown_sync, own_sync
 
 from . import capacity
 from .errors import PrimaryStorageErrors
+from .local_storage import LOCAL_STORAGE
 from .models import ImageCacheVO, LocalStorageHostRefVO, PrimaryStorageClusterRefVO, PrimaryStorageVO, VolumeSnapshotVO, VolumeVO
 from .primary_storage import PrimaryStorageHandlers
 
@@ -191,7 +193,7 @@ class VolumeAllocation(PrimaryStorageHandlers):
 
     async def delete_file(self, vol: VolumeInventory) -> None:
         """Delete the volume's file from its host. A host that no longer exists took it along."""
-        if not (vol.install_path and vol.host_uuid and vol.primary_storage_uuid):
+        if not (vol.host_uuid and vol.primary_storage_uuid) or not (vol.install_path or vol.status == "Creating"):
             return
         try:
             host = await self.host(vol.host_uuid)
@@ -200,7 +202,13 @@ class VolumeAllocation(PrimaryStorageHandlers):
                 return
             raise
         ps = await self.ps(vol.primary_storage_uuid)
-        await self.factory(ps.type).delete_volume(self.node, ps, host, vol.install_path)
+        path = vol.install_path
+        if not path and ps.type == LOCAL_STORAGE:
+            # Still Creating: its file may exist, made just before the node stopped, under the
+            # name local storage gives every volume (recorded only once it was made).
+            path = os.path.join(ps.url, f"{vol.type.lower()}-{vol.uuid}.qcow2")
+        if path:
+            await self.factory(ps.type).delete_volume(self.node, ps, host, path)
 
     async def release(self, volume_uuids: list[str], back_to_not_instantiated: bool = False) -> None:
         """Delete the volumes' files and rows and return their capacity. A file that cannot be

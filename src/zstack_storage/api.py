@@ -222,13 +222,17 @@ class APIVolumeSnapshotEvent(APIEvent):
 def registrations() -> Sequence[ApiRegistration]:
     ps, image, vol, snap = "PrimaryStorage", "Image", "Volume", "VolumeSnapshot"
     return [
-        ApiRegistration(message=APIAddLocalPrimaryStorageMsg, resource=ps, route=("POST", "/v1/primary-storage/local-storage")),
+        # Primary storage is infrastructure: admin only, as in ZStack.
+        ApiRegistration(message=APIAddLocalPrimaryStorageMsg, resource=ps, route=("POST", "/v1/primary-storage/local-storage"),
+                        admin_only=True),
         ApiRegistration(message=APIAttachPrimaryStorageToClusterMsg, resource=ps,
-                        route=("POST", "/v1/clusters/{clusterUuid}/primary-storage/{primaryStorageUuid}")),
+                        route=("POST", "/v1/clusters/{clusterUuid}/primary-storage/{primaryStorageUuid}"), admin_only=True),
         ApiRegistration(message=APIDetachPrimaryStorageFromClusterMsg, resource=ps,
-                        route=("DELETE", "/v1/clusters/{clusterUuid}/primary-storage/{primaryStorageUuid}")),
-        ApiRegistration(message=APIReconnectPrimaryStorageMsg, resource=ps, route=("PUT", "/v1/primary-storage/{uuid}/actions")),
-        ApiRegistration(message=APIDeletePrimaryStorageMsg, resource=ps, route=("DELETE", "/v1/primary-storage/{uuid}")),
+                        route=("DELETE", "/v1/clusters/{clusterUuid}/primary-storage/{primaryStorageUuid}"), admin_only=True),
+        ApiRegistration(message=APIReconnectPrimaryStorageMsg, resource=ps, route=("PUT", "/v1/primary-storage/{uuid}/actions"),
+                        admin_only=True),
+        ApiRegistration(message=APIDeletePrimaryStorageMsg, resource=ps, route=("DELETE", "/v1/primary-storage/{uuid}"),
+                        admin_only=True),
         ApiRegistration(message=APIGetLocalStorageHostDiskCapacityMsg, resource=ps,
                         route=("GET", "/v1/primary-storage/local-storage/{primaryStorageUuid}/capacities")),
         ApiRegistration(message=APIAddImageMsg, resource=image, route=("POST", "/v1/images")),

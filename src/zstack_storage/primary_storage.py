@@ -35,6 +35,7 @@ from .errors import PrimaryStorageErrors
 from .local_storage import LOCAL_STORAGE
 from .models import (
     ImageCacheVO,
+    ImageVO,
     LocalStorageHostRefVO,
     PrimaryStorageClusterRefVO,
     PrimaryStorageVO,
@@ -84,6 +85,33 @@ class PrimaryStorageHandlers(StorageBase):
         for ps_uuid in rows:
             ps = await self.ps(ps_uuid)
             await self.serial(f"ps-{ps_uuid}", lambda ps=ps: self.realize_on_host(ps, host))  # type: ignore[misc]
+        await self.drop_interrupted_caches(host)
+
+    async def drop_interrupted_caches(self, host: HostInventory) -> None:
+        """Image caches left ``Creating`` on ``host`` by a node that stopped mid-upload: the
+        partial file goes and the capacity it held comes back (the next VM uploads afresh)."""
+        C = ImageCacheVO
+        left = await self.node.db.run(lambda: list(C.select().where((C.host_uuid == host.uuid)
+                                                                   & (C.status == "Creating"))))
+        for cache in left:
+            key = f"cache-{cache.primary_storage_uuid}-{host.uuid}-{cache.image_uuid}"
+            if self.node.tasks.running(f"storage-{key}") or self.node.tasks.pending(f"storage-{key}"):
+                continue  # an upload is running now
+
+            async def drop(cache: ImageCacheVO = cache) -> None:
+                row = await self.node.db.run(lambda: C.get_or_none((C.id == cache.id) & (C.status == "Creating")))
+                if row is None:
+                    return
+                ps = await self.ps(cache.primary_storage_uuid)
+                image = await self.node.db.run(lambda: ImageVO.get_or_none(ImageVO.uuid == cache.image_uuid))
+                if ps.type == LOCAL_STORAGE and image is not None:
+                    path = cache.install_path or os.path.join(ps.url, f"image-{image.uuid}.{image.format}")
+                    await self.factory(ps.type).delete_volume(self.node, ps, host, path)
+                await self.node.db.atomic(capacity.drop_cache_sync, cache.id)
+                log.warning("image cache of image %s on host %s was left half-uploaded; removed", cache.image_uuid,
+                            host.uuid)
+
+            await self.serial(key, drop)
 
     # -- APIs ----------------------------------------------------------------------------------
 

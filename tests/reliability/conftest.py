@@ -154,6 +154,15 @@ class PgServer:
     def start(self) -> None:
         self._ctl("-l", str(self.log), "-o", self.options, "-w", "-t", "60", "start")
 
+    def new_database(self, name: str, password: str = "") -> str:
+        """A new empty database; its URL (with ``password`` in it: trust authentication
+        ignores it, so a test can show a URL with a password is never shown)."""
+        port = self.url.rsplit(":", 1)[1].split("/")[0]
+        subprocess.run([*self.as_user, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", port, "-U", "postgres",
+                        name], check=True, capture_output=True, timeout=60)
+        auth = f"postgres:{password}" if password else "postgres"
+        return f"postgresql://{auth}@127.0.0.1:{port}/{name}"
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:

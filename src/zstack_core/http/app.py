@@ -39,6 +39,7 @@ from starlette.routing import Route
 from ..errors import ErrorCode, SysErrors, ZStackError, err, invalid_argument
 from ..identity import REQUIRE_SESSION, SESSION_FREE
 from ..mediator import ApiJob
+from ..redaction import redact
 from ..messages import MessageReply
 from ..serialize import unstructure
 from .openapi import openapi_document
@@ -85,7 +86,8 @@ class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, default=_json_default, ensure_ascii=False, separators=(",", ":")).encode()
+        # A host URI or image URL may carry a password: it never leaves in a response.
+        return redact(json.dumps(content, default=_json_default, ensure_ascii=False, separators=(",", ":"))).encode()
 
 
 def error_response(error: ErrorCode, node: ManagementNode | None = None, status: int | None = None) -> JSONResponse:
