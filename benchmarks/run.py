@@ -1,6 +1,7 @@
 """The benchmark suite: every case beside its baseline, measured in the same run.
 
-    python benchmarks/run.py [--quick] [--case NAME ...] [--json FILE] [--scale-budget SECONDS]
+    python benchmarks/run.py [--quick] [--case NAME ...] [--json FILE]
+                             [--scale-mode MODE ...] [--scale-budget SECONDS]
 
 Cases (``--case``, repeatable; default all):
 
@@ -8,8 +9,9 @@ Cases (``--case``, repeatable; default all):
   facade beside raw pluggy (the measurements of ``benchmarks/bus.py``).
 * ``startup``: ``zstack node start`` (four service plugins, SQLite) to its ready line, fresh and
   warm, beside ``python -c "import zstack_core"``.
-* ``scale``: N concurrent ``CreateVmInstance`` on the libvirt test driver, in-process and over
-  HTTP, beside ZStack's published figures.
+* ``scale``: N concurrent ``CreateVmInstance`` on the libvirt test driver, in-process (all N at
+  once, or 100 callers) and over HTTP (100 client threads), beside ZStack's published figures;
+  ``--scale-mode`` picks the ways in, ``--scale-budget`` bounds each run.
 * ``kvm``: VMs created through the node on a real libvirtd (``qemu:///system``) beside raw
   libvirt-python define+start of the same domain XML.
 * ``query``: ``QueryVmInstance`` over 100,000 rows beside the same query in peewee.
@@ -91,10 +93,10 @@ def startup_case(quick: bool) -> list[Row]:
     return startup.run(quick)
 
 
-def scale_case(quick: bool, budget: float) -> list[Row]:
+def scale_case(quick: bool, budget: float, modes: list[str] | None) -> list[Row]:
     import scale
 
-    return scale.run(quick, budget)
+    return scale.run(quick, budget, tuple(modes or scale.MODES))
 
 
 def kvm_case(quick: bool) -> list[Row]:
@@ -116,13 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every row to this JSON file")
     parser.add_argument("--scale-budget", type=float, default=1800.0,
                         help="seconds one scale run (one N, one mode) may take before it is stopped (default 1800)")
+    parser.add_argument("--scale-mode", action="append", choices=("in-process", "in-process/100", "http"),
+                        help="run only this way into the node in the scale case (repeatable; default all)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
 
     runners: dict[str, Callable[[], list[Row]]] = {
         "bus": lambda: bus_case(args.quick),
         "startup": lambda: startup_case(args.quick),
-        "scale": lambda: scale_case(args.quick, args.scale_budget),
+        "scale": lambda: scale_case(args.quick, args.scale_budget, args.scale_mode),
         "kvm": lambda: kvm_case(args.quick),
         "query": lambda: query_case(args.quick),
     }

@@ -6,11 +6,13 @@ ZStack's own figures (one management node, 100 threads): 1 -> 0.51 s, 10 -> 1.55
 
 Two ways in, each N in a fresh node process (so its peak RSS is that N's):
 
-* in-process: a worker process (``python benchmarks/scale.py inproc N DIR``) starts the node
+* in-process: a worker process (``python benchmarks/scale.py inproc N DIR 0``) starts the node
   with every installed plugin, builds the environment, submits N ``CreateVmInstance`` messages
   at once (``node.api.submit``: each answers with its job, as the HTTP API does) and waits for
   every job; latency of a VM is submit -> job finished; peak RSS is the worker's
   ``getrusage`` maximum.
+* in-process/100: the same node, driven by 100 callers (ZStack's 100 threads) each awaiting
+  ``node.api.call`` for one VM after another: at most 100 creates in flight.
 * HTTP: ``zstack node start`` runs as its own process; this process drives it over loopback with
   the SDK from a pool of 100 threads (ZStack's 100 threads), each ``call`` posting the API and
   polling its job; peak RSS is the node process's ``VmHWM``.
@@ -51,6 +53,11 @@ from report import Row, format_value, percentile, table  # noqa: E402
 ZSTACK_PUBLISHED = {1: 0.51, 10: 1.55, 100: 11.33, 1000: 103.0, 10000: 23 * 60.0}
 """ZStack README: seconds to create N VMs on one management node with 100 threads."""
 
+INPROC_CALLERS = {"in-process": 0, "in-process/100": 100}
+"""In-process modes -> callers: 0 submits all N at once (each answers with its job) and awaits
+every job; 100 is ZStack's 100 threads: 100 callers each awaiting one ``node.api.call`` after
+another."""
+MODES = ("in-process", "in-process/100", "http")
 FULL_NS = (1, 10, 100, 1000, 10000)
 QUICK_NS = (1, 10, 100)
 HTTP_THREADS = 100
@@ -99,7 +106,9 @@ def clean_env() -> dict[str, str]:
 # -- in-process worker ------------------------------------------------------------------------
 
 
-async def _inproc(n: int, work: Path) -> dict[str, Any]:
+async def _inproc(n: int, work: Path, callers: int) -> dict[str, Any]:
+    """``callers`` 0: all ``n`` submitted at once, then every job awaited; else that many
+    callers each awaiting ``node.api.call`` of one VM after another."""
     from zstack_core import ManagementNode
     from zstack_core.testing import EnvSpec, build_env
 
@@ -113,52 +122,63 @@ async def _inproc(n: int, work: Path) -> dict[str, Any]:
                               .l2_network().l3_network(cidr="10.10.0.0/16").image(url=image_path))
         image_uuid, l3_uuid = env.image.uuid, env.l3.uuid
         starts: list[float] = [0.0] * n
-        submit_errors: list[str] = []
+        errors: list[str] = []
+        latencies: list[float] = []
+        jobs: list[Any] = []
 
         async def submit(i: int) -> Any:
             starts[i] = time.time()
             msg = node.api.build("CreateVmInstance", vm_body(i, image_uuid, l3_uuid))
             job = await node.api.submit(msg)
             if getattr(job, "error", None) is not None:  # refused before a job existed
-                submit_errors.append(str(job.error))
+                errors.append(str(job.error))
                 return None
             return job
 
-        stop_progress = asyncio.Event()
+        async def caller(indexes: range) -> None:
+            for i in indexes:
+                t = time.perf_counter()
+                reply = await node.api.call(node.api.build("CreateVmInstance", vm_body(i, image_uuid, l3_uuid)))
+                if reply.error is not None:
+                    errors.append(str(reply.error))
+                else:
+                    latencies.append(time.perf_counter() - t)
 
-        async def progress(jobs_box: list[Any]) -> None:
-            while not stop_progress.is_set():
+        def done() -> int:
+            if callers:
+                return len(latencies) + len(errors)
+            return sum(1 for j in jobs if j is not None and j.state != "Running")
+
+        async def progress() -> None:
+            while True:
                 await asyncio.sleep(5)
-                jobs = jobs_box[0] if jobs_box else []
-                done = sum(1 for j in jobs if j is not None and j.state != "Running")
-                print(f"scale inproc N={n}: {time.perf_counter() - t0:.0f}s, "
-                      f"{done if jobs else 'submitting'} done", file=sys.stderr, flush=True)
+                print(f"scale inproc N={n}: {time.perf_counter() - t0:.0f}s, {done()} done", file=sys.stderr, flush=True)
 
-        jobs_box: list[Any] = []
         t0 = time.perf_counter()
-        reporter = asyncio.create_task(progress(jobs_box))
-        jobs = await asyncio.gather(*(submit(i) for i in range(n)))
-        jobs_box.append(jobs)
-        await node.api.drain()
+        reporter = asyncio.create_task(progress())
+        if callers:
+            await asyncio.gather(*(caller(range(c, n, callers)) for c in range(min(callers, n))))
+        else:
+            jobs += await asyncio.gather(*(submit(i) for i in range(n)))
+            await node.api.drain()
         wall = time.perf_counter() - t0
-        stop_progress.set()
         reporter.cancel()
-        latencies = sorted(j.finished_at - starts[i] for i, j in enumerate(jobs)
-                           if j is not None and j.finished_at is not None)
-        failed = [j for j in jobs if j is not None and j.state != "Succeeded"]
-        first_error = submit_errors[0] if submit_errors else (str(failed[0].error) if failed else "")
+        if not callers:
+            latencies = [j.finished_at - starts[i] for i, j in enumerate(jobs)
+                         if j is not None and j.state == "Succeeded"]
+            errors += [str(j.error) for j in jobs if j is not None and j.state != "Succeeded"]
         running = (await node.api_call("QueryVmInstance", conditions=[
             {"name": "state", "op": "=", "value": "Running"}], count=True)).total
-        return {"n": n, "wall": wall, "latencies": latencies, "errors": len(submit_errors) + len(failed),
-                "first_error": first_error, "running": running,
+        return {"n": n, "wall": wall, "latencies": sorted(latencies), "errors": len(errors),
+                "first_error": errors[0] if errors else "", "running": running,
                 "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(node.stop(), 120)
 
 
-def inproc_worker(n: int, work: Path) -> None:
-    result = asyncio.run(_inproc(n, work))
+def inproc_worker(n: int, work: Path, callers: int) -> None:
+    result = asyncio.run(_inproc(n, work, callers))
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -288,9 +308,10 @@ def http_run(n: int, work: Path, deadline: float) -> dict[str, Any]:
 # -- the case ----------------------------------------------------------------------------------
 
 
-def run_inproc(n: int, work: Path, budget: float) -> dict[str, Any]:
+def run_inproc(n: int, work: Path, budget: float, callers: int = 0) -> dict[str, Any]:
     """Run the in-process worker for ``n`` in a process of its own, at most ``budget`` seconds."""
-    proc = subprocess.Popen([sys.executable, __file__, "inproc", str(n), str(work)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, __file__, "inproc", str(n), str(work), str(callers)],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=clean_env())
     last_progress = ""
     stderr_lines: list[str] = []
@@ -327,7 +348,7 @@ def rows_of(mode: str, results: Sequence[dict[str, Any]]) -> tuple[list[Row], li
         n = r["n"]
         published = ZSTACK_PUBLISHED.get(n)
         if "killed" in r:
-            rows.append(Row(case="scale", what=f"{mode}: {n:,} VMs", value=None, baseline_name="ZStack published",
+            rows.append(Row(case="scale", what=f"{mode}: {n:,} VM{'s' if n != 1 else ''}", value=None, baseline_name="ZStack published",
                             baseline=published, target=_target(mode, n), met=False if _target(mode, n) else None,
                             note=r["killed"]))
             detail.append([mode, f"{n:,}", "-", "-", "-", "-", "-", "-", format_value(published, "s"), "-", r["killed"]])
@@ -335,12 +356,12 @@ def rows_of(mode: str, results: Sequence[dict[str, Any]]) -> tuple[list[Row], li
         lat = r["latencies"]
         wall, errors, rss = r["wall"], r["errors"], r["rss_mib"]
         target = _target(mode, n)
-        limit = TARGET_INPROC_S if mode == "in-process" else TARGET_HTTP_S
+        limit = TARGET_INPROC_S if mode in INPROC_CALLERS else TARGET_HTTP_S
         met = (wall < limit and errors == 0 and rss < TARGET_RSS_MIB) if target else None
         note = f"{errors} errors: {r['first_error'][:120]}" if errors else ""
         if r.get("running") is not None and r["running"] != n - errors:
             note = (note + "; " if note else "") + f"{r['running']} VMs Running afterwards"
-        rows.append(Row(case="scale", what=f"{mode}: {n:,} VMs, wall time", value=wall,
+        rows.append(Row(case="scale", what=f"{mode}: {n:,} VM{'s' if n != 1 else ''}, wall time", value=wall,
                         baseline_name="ZStack published", baseline=published, target=target, met=met, note=note))
         detail.append([mode, f"{n:,}", format_value(wall, "s"), format_value(n / wall, "/s"),
                        format_value(percentile(lat, 0.5), "s"), format_value(percentile(lat, 0.99), "s"),
@@ -356,10 +377,10 @@ def rows_of(mode: str, results: Sequence[dict[str, Any]]) -> tuple[list[Row], li
 def _target(mode: str, n: int) -> str:
     if n != TARGET_N:
         return ""
-    return (f"< {TARGET_INPROC_S:g} s" if mode == "in-process" else f"< {TARGET_HTTP_S:g} s") + ", 0 errors, RSS < 1.5 GiB"
+    return (f"< {TARGET_INPROC_S:g} s" if mode in INPROC_CALLERS else f"< {TARGET_HTTP_S:g} s") + ", 0 errors, RSS < 1.5 GiB"
 
 
-def run(quick: bool, budget: float = 1800.0, modes: Sequence[str] = ("in-process", "http"),
+def run(quick: bool, budget: float = 1800.0, modes: Sequence[str] = MODES,
         ns: Sequence[int] | None = None) -> list[Row]:
     """Every N in a fresh node process, in-process then over HTTP; print the detail table."""
     ns = tuple(ns or (QUICK_NS if quick else FULL_NS))
@@ -372,8 +393,8 @@ def run(quick: bool, budget: float = 1800.0, modes: Sequence[str] = ("in-process
             for n in ns:
                 work = base / f"{mode}-{n}"
                 print(f"scale: {mode}, N={n:,} ...", file=sys.stderr, flush=True)
-                if mode == "in-process":
-                    result = run_inproc(n, work, budget)
+                if mode in INPROC_CALLERS:
+                    result = run_inproc(n, work, budget, INPROC_CALLERS[mode])
                 else:
                     deadline = time.monotonic() + budget
                     try:
@@ -400,7 +421,7 @@ def run(quick: bool, budget: float = 1800.0, modes: Sequence[str] = ("in-process
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "inproc":
-        inproc_worker(int(sys.argv[2]), Path(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "inproc":
+        inproc_worker(int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
     else:
-        sys.exit("usage: scale.py inproc N WORKDIR  (the suite runs it: python benchmarks/run.py --case scale)")
+        sys.exit("usage: scale.py inproc N WORKDIR CALLERS  (the suite runs it: python benchmarks/run.py --case scale)")
