@@ -37,6 +37,25 @@ MiB = 1 << 20
 URI = "qemu:///system"
 
 
+def remove_domains(uuids: list[str]) -> None:
+    """Remove what a test left on the shared libvirtd; a domain may be going away already (a
+    restarted libvirtd reaps its QEMU processes), so every step tolerates that."""
+    conn = libvirt.open(URI)
+    try:
+        for uuid in uuids:
+            try:
+                dom = conn.lookupByName(f"zstack-{uuid}")
+            except libvirt.libvirtError:
+                continue
+            for step in (dom.destroy, dom.undefine):
+                try:
+                    step()
+                except libvirt.libvirtError:
+                    pass
+    finally:
+        conn.close()
+
+
 def virsh(*args: str) -> str:
     result = subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -79,18 +98,7 @@ async def qemu_cloud(libvirtd: str, isolated_env: Path) -> AsyncIterator[Cloud]:
     finally:
         uuids = [v.uuid for v in await node.query.find("VmInstance")]
         await node.stop()
-        conn = libvirt.open(URI)
-        try:
-            for uuid in uuids:
-                try:
-                    dom = conn.lookupByName(f"zstack-{uuid}")
-                except libvirt.libvirtError:
-                    continue
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefine()
-        finally:
-            conn.close()
+        remove_domains(uuids)
 
 
 async def test_qemu_host_facts(qemu_cloud: Cloud) -> None:
@@ -318,15 +326,4 @@ async def test_migration_that_libvirt_refuses_and_maintenance_that_falls_back_to
         assert started.host_uuid == twin.uuid  # the host in maintenance takes no VM
     finally:
         await node.stop()
-        conn = libvirt.open(URI)
-        try:
-            for uuid in uuids:
-                try:
-                    dom = conn.lookupByName(f"zstack-{uuid}")
-                except libvirt.libvirtError:
-                    continue
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefine()
-        finally:
-            conn.close()
+        remove_domains(uuids)
