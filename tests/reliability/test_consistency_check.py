@@ -108,13 +108,14 @@ async def missing_domain(cloud: Cloud) -> tuple[str, str | None]:
 
 async def state_mismatch(cloud: Cloud) -> tuple[str, str | None]:
     vm = await cloud.vm()
-    await asyncio.sleep(0.5)  # libvirt's events of the start reach the VM sync first
+    await asyncio.sleep(1.0)  # libvirt's events of the start reach the VM sync first
     await db(cloud, lambda: VmInstanceVO.update(state="Paused").where(VmInstanceVO.uuid == vm.uuid).execute())
     return "state-mismatch", vm.uuid
 
 
 async def vm_stuck(cloud: Cloud) -> tuple[str, str | None]:
     vm = await cloud.vm()
+    await asyncio.sleep(1.0)  # let libvirt's events of the start reach the VM sync first, as above
     await db(cloud, lambda: VmInstanceVO.update(state="Rebooting").where(VmInstanceVO.uuid == vm.uuid).execute())
     return "vm-stuck", vm.uuid
 
