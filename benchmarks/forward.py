@@ -32,18 +32,73 @@ import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import attrs
 
-from cluster.echo_plugin import EchoPlugin, WhereAmIMsg  # noqa: E402
+from zstack_core import (
+    APIMessage,
+    APIReply,
+    ApiRegistration,
+    ManagementNode,
+    MessageReply,
+    NeedReplyMessage,
+    Service,
+    handles,
+    hookimpl,
+)
 
-from zstack_core import ManagementNode  # noqa: E402
+
+@attrs.define(kw_only=True)
+class WhereAmIMsg(NeedReplyMessage):
+    """A message about a gadget; the reply names the node that handled it."""
+
+    SERVICE_ID = "gadgets"
+    gadget_uuid: str
+
+
+@attrs.define(kw_only=True)
+class WhereAmIReply(MessageReply):
+    node_uuid: str = ""
+
+
+@attrs.define(kw_only=True)
+class APIGetGadgetMsg(APIMessage):
+    SERVICE_ID = "gadgets"
+    uuid: str
+
+
+@attrs.define(kw_only=True)
+class APIGetGadgetReply(APIReply):
+    node_uuid: str = ""
+
+
+class GadgetService(Service):
+    id = "gadgets"
+
+    @handles(WhereAmIMsg)
+    async def where(self, msg: WhereAmIMsg) -> WhereAmIReply:
+        await asyncio.sleep(0)  # a real handler waits for something
+        return WhereAmIReply(node_uuid=self.node.uuid)
+
+    @handles(APIGetGadgetMsg)
+    async def get(self, msg: APIGetGadgetMsg) -> APIGetGadgetReply:
+        await asyncio.sleep(0)
+        return APIGetGadgetReply(node_uuid=self.node.uuid)
+
+
+class GadgetPlugin:
+    @hookimpl
+    def zstack_services(self) -> Sequence[Service]:
+        return [GadgetService()]
+
+    @hookimpl
+    def zstack_api_messages(self) -> Sequence[ApiRegistration]:
+        return [ApiRegistration(message=APIGetGadgetMsg, resource="Gadget", route=("GET", "/v1/gadgets/{uuid}"))]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 Timer = Callable[[int], Awaitable[float]]
@@ -131,7 +186,7 @@ async def main(url: str, quick: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="zstack-bench-") as tmp:
         nodes = []
         for name in ("a", "b"):
-            node = ManagementNode(plugins=[EchoPlugin()], load_entry_points=False, data_dir=Path(tmp) / name,
+            node = ManagementNode(plugins=[GadgetPlugin()], load_entry_points=False, data_dir=Path(tmp) / name,
                                   settings={"database.url": url})
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 await node.start()

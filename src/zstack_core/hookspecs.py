@@ -277,7 +277,9 @@ def zstack_node_stop(node: ManagementNode) -> None:
 def zstack_node_join(node_uuid: str) -> None:
     """Another management node joined the cluster (the seed's ``ManagementNodeChangeListener``).
 
-    Ownership of resources may move to it.
+    Ownership of resources may move to it: check ``node.cluster.owns(uuid)`` again for what you
+    manage. Also called with this node's own UUID when it enters the ring (once it serves HTTP
+    and so can receive forwarded work); called in order, never during a heartbeat.
 
     .. versionadded:: 0.1
     """
@@ -285,7 +287,9 @@ def zstack_node_join(node_uuid: str) -> None:
 
 @hookspec
 def zstack_node_left(node_uuid: str) -> None:
-    """A management node left or was found dead; its resources now belong to the survivors.
+    """A management node left or was found dead; its resources now belong to the survivors
+    (``node.cluster.owns``): reconnect what you inherited. Its running API jobs end Failed
+    (``SYS.1006`` caused by ``MN.1005``).
 
     .. versionadded:: 0.1
     """

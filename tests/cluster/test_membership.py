@@ -183,3 +183,12 @@ async def test_node_uuid_is_kept_in_the_data_dir_or_configured(db_cluster: InPro
     fixed = "0123456789abcdef0123456789abcdef"
     b = await db_cluster.start("b", http=False, settings={"cluster.node_uuid": fixed})
     assert b.uuid == fixed and not (tmp_path / "b" / "node-uuid").exists()
+
+
+async def test_a_configured_node_uuid_must_be_a_uuid(pg_url: str, tmp_path: Path) -> None:
+    cluster = InProcessCluster(pg_url, tmp_path)
+    try:
+        with pytest.raises(NodeStartError, match=r"SYS.1007.*cluster.node_uuid must be 32 lower-case hex digits"):
+            await cluster.start("a", http=False, settings={"cluster.node_uuid": "node-1"})
+    finally:
+        await cluster.stop()

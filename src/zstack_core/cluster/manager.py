@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..db import utcnow
-from ..errors import SysErrors, ZStackError, err
+from ..errors import SysErrors, ZStackError, err, invalid_argument
 from ..messages import Event, MessageReply, NeedReplyMessage
 from . import wire
 from .errors import ClusterErrors
@@ -125,6 +125,9 @@ class Cluster:
         resources it owned."""
         configured = self.node.properties["cluster.node_uuid"]
         if configured:
+            if len(configured) != 32 or any(c not in "0123456789abcdef" for c in configured):
+                raise invalid_argument(f"cluster.node_uuid must be 32 lower-case hex digits, got {configured!r}",
+                                       "cluster.node_uuid")
             self.uuid = configured
             return self.uuid
         path = self.node.data_dir / "node-uuid"
@@ -261,7 +264,6 @@ class Cluster:
         self._loop_task = self._hook_task = None
         self._senders.clear()
         self._background.clear()
-        self.client.close()
         if self._registered and self.node.db is not None:
             self._registered = False
             try:
@@ -269,6 +271,16 @@ class Cluster:
                     lambda: ManagementNodeVO.delete().where(ManagementNodeVO.uuid == self.uuid).execute())
             except ZStackError as exc:
                 log.warning("could not remove this node's row from management_node: %s", exc.error)
+            else:  # peers that hear it drop us now rather than at their next beat
+                body = wire.dumps({"from": self.uuid})
+                nudges = [self._nudge(p, MEMBERSHIP_PATH, body) for p in self.peers.values()
+                          if p.host is not None and p.port is not None and not p.suspect]
+                if nudges:
+                    _, pending = await asyncio.wait([asyncio.ensure_future(n) for n in nudges], timeout=2.0)
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+        self.client.close()
 
     # -- heartbeat --------------------------------------------------------------------------
 
