@@ -15,10 +15,16 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+try:
+    import pymysql
+except ImportError:  # only the MariaDB tests need it; they skip without it
+    pymysql = None
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBVIRT_URI = "qemu:///system"
@@ -118,3 +124,60 @@ def postgres_url() -> Iterator[str]:
         if started:
             run(PG_BIN / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+MARIADB = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[str]:
+    """A throwaway MariaDB server on a free loopback port; yields ``mysql://root@127.0.0.1:PORT``.
+
+    Started with ``--skip-grant-tables`` (anyone on loopback may connect: it lives for one test
+    session in a temporary directory), stopped and removed at the end.
+    """
+    if pymysql is None:
+        pytest.skip("PyMySQL is not installed (pip install PyMySQL)")
+    if not (Path(MARIADB).exists() and shutil.which("mariadb-install-db")):
+        pytest.skip("MariaDB server not found (apt-get install mariadb-server)")
+    try:
+        owner = pwd.getpwnam("mysql") if os.geteuid() == 0 else None
+    except KeyError:
+        pytest.skip("running as root and there is no 'mysql' user to run MariaDB as")
+    base = Path(tempfile.mkdtemp(prefix="zstack-mariadb-"))
+    user = ["--user=mysql"] if owner else []
+    if owner is not None:
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+    data, port = base / "data", _free_loopback_port()
+    install = subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", *user,
+                              "--auth-root-authentication-method=normal", "--skip-test-db"],
+                             capture_output=True, text=True, timeout=120)
+    if install.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        raise RuntimeError(f"mariadb-install-db failed:\n{install.stdout}{install.stderr}")
+    server = subprocess.Popen([MARIADB, "--no-defaults", f"--datadir={data}", *user, f"--socket={base}/sock",
+                               f"--port={port}", "--bind-address=127.0.0.1", "--skip-grant-tables",
+                               "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--innodb-file-per-table=0",
+                               f"--log-error={base}/error.log"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pymysql.connect(host="127.0.0.1", port=port, user="root").close()
+                break
+            except pymysql.err.OperationalError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log = (base / "error.log").read_text() if (base / "error.log").exists() else ""
+                    raise RuntimeError(f"MariaDB did not start:\n{log}") from None
+                time.sleep(0.1)
+        yield f"mysql://root@127.0.0.1:{port}"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+

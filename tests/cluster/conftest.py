@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,7 +28,6 @@ try:
 except ImportError:  # pragma: no cover
     pymysql = None
 
-MARIADB = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 FAST_BEAT = 0.25
 """Heartbeat interval of the in-process tests (seconds); detection takes 3 of them."""
 
@@ -78,59 +71,7 @@ def pg_url(postgres_url: str) -> Iterator[str]:
         drop_pg_database(postgres_url, name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
-
-@pytest.fixture(scope="session")
-def mariadb_server() -> Iterator[str]:
-    """A throwaway MariaDB server on a free loopback port: ``mysql://root@127.0.0.1:PORT``."""
-    if pymysql is None:
-        pytest.skip("PyMySQL is not installed (pip install PyMySQL)")
-    if not (Path(MARIADB).exists() and shutil.which("mariadb-install-db")):
-        pytest.skip("MariaDB server not found (apt-get install mariadb-server)")
-    try:
-        owner = pwd.getpwnam("mysql") if os.geteuid() == 0 else None
-    except KeyError:
-        pytest.skip("running as root and there is no 'mysql' user to run MariaDB as")
-    base = Path(tempfile.mkdtemp(prefix="zstack-cluster-mariadb-"))
-    user = ["--user=mysql"] if owner else []
-    if owner is not None:
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-    data, port = base / "data", _free_port()
-    install = subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", *user,
-                              "--auth-root-authentication-method=normal", "--skip-test-db"],
-                             capture_output=True, text=True, timeout=120)
-    if install.returncode != 0:
-        shutil.rmtree(base, ignore_errors=True)
-        raise RuntimeError(f"mariadb-install-db failed:\n{install.stdout}{install.stderr}")
-    server = subprocess.Popen([MARIADB, "--no-defaults", f"--datadir={data}", *user, f"--socket={base}/sock",
-                               f"--port={port}", "--bind-address=127.0.0.1", "--skip-grant-tables",
-                               "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
-                               "--innodb-file-per-table=0", f"--log-error={base}/error.log"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                pymysql.connect(host="127.0.0.1", port=port, user="root").close()
-                break
-            except pymysql.err.OperationalError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log = (base / "error.log").read_text() if (base / "error.log").exists() else ""
-                    raise RuntimeError(f"MariaDB did not start:\n{log}") from None
-                time.sleep(0.1)
-        yield f"mysql://root@127.0.0.1:{port}"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _mariadb(server_url: str, sql: str) -> None:

@@ -6,13 +6,6 @@ MariaDB server (``mariadb_server`` below), each test with a database of its own.
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +26,6 @@ BACKENDS = ["sqlite", "postgresql"]
 ALL_BACKENDS = [*BACKENDS, "mariadb"]
 every_backend = pytest.mark.parametrize("db_url", ALL_BACKENDS, indirect=True)
 """MariaDB too, for the tests that show what it must do (its DDL is slow, so not all of them)."""
-MARIADB = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -74,63 +66,7 @@ def _drop_pg_database(server_url: str, name: str) -> None:
         conn.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
-
-@pytest.fixture(scope="session")
-def mariadb_server() -> Iterator[str]:
-    """A throwaway MariaDB server on a free loopback port; yields ``mysql://root@127.0.0.1:PORT``.
-
-    Started with ``--skip-grant-tables`` (anyone on loopback may connect: it lives for one test
-    session in a temporary directory), stopped and removed at the end.
-    """
-    if pymysql is None:
-        pytest.skip("PyMySQL is not installed (pip install PyMySQL)")
-    if not (Path(MARIADB).exists() and shutil.which("mariadb-install-db")):
-        pytest.skip("MariaDB server not found (apt-get install mariadb-server)")
-    try:
-        owner = pwd.getpwnam("mysql") if os.geteuid() == 0 else None
-    except KeyError:
-        pytest.skip("running as root and there is no 'mysql' user to run MariaDB as")
-    base = Path(tempfile.mkdtemp(prefix="zstack-mariadb-"))
-    user = ["--user=mysql"] if owner else []
-    if owner is not None:
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-    data, port = base / "data", _free_port()
-    install = subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", *user,
-                              "--auth-root-authentication-method=normal", "--skip-test-db"],
-                             capture_output=True, text=True, timeout=120)
-    if install.returncode != 0:
-        shutil.rmtree(base, ignore_errors=True)
-        raise RuntimeError(f"mariadb-install-db failed:\n{install.stdout}{install.stderr}")
-    server = subprocess.Popen([MARIADB, "--no-defaults", f"--datadir={data}", *user, f"--socket={base}/sock",
-                               f"--port={port}", "--bind-address=127.0.0.1", "--skip-grant-tables",
-                               "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--innodb-file-per-table=0",
-                               f"--log-error={base}/error.log"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                pymysql.connect(host="127.0.0.1", port=port, user="root").close()
-                break
-            except pymysql.err.OperationalError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log = (base / "error.log").read_text() if (base / "error.log").exists() else ""
-                    raise RuntimeError(f"MariaDB did not start:\n{log}") from None
-                time.sleep(0.1)
-        yield f"mysql://root@127.0.0.1:{port}"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _mariadb(server_url: str, sql: str) -> None:
