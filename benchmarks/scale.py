@@ -362,11 +362,13 @@ def rows_of(mode: str, results: Sequence[dict[str, Any]]) -> tuple[list[Row], li
         if r.get("running") is not None and r["running"] != n - errors:
             note = (note + "; " if note else "") + f"{r['running']} VMs Running afterwards"
         rows.append(Row(case="scale", what=f"{mode}: {n:,} VM{'s' if n != 1 else ''}, wall time", value=wall,
-                        baseline_name="ZStack published", baseline=published, target=target, met=met, note=note))
-        detail.append([mode, f"{n:,}", format_value(wall, "s"), format_value(n / wall, "/s"),
+                        baseline_name="ZStack published" if not errors else
+                        f"ZStack published: {format_value(published, 's')}; no ratio, not all VMs were created",
+                        baseline=published if not errors else None, target=target, met=met, note=note))
+        detail.append([mode, f"{n:,}", format_value(wall, "s"), format_value((n - errors) / wall, "/s"),
                        format_value(percentile(lat, 0.5), "s"), format_value(percentile(lat, 0.99), "s"),
                        format_value(rss, "MiB"), str(errors), format_value(published, "s"),
-                       f"{wall / published:.2f}x" if published else "", note])
+                       f"{wall / published:.2f}x" if published and not errors else "", note])
         if n == TARGET_N or n == max(r2["n"] for r2 in results):
             rows.append(Row(case="scale", what=f"{mode}: {n:,} VMs, peak RSS of the node", value=rss, unit="MiB",
                             target="< 1.5 GiB" if n == TARGET_N else "",
