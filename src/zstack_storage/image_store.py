@@ -20,7 +20,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import attrs
-import requests
 
 from zstack_core.errors import ZStackError
 
@@ -100,6 +99,8 @@ def fetch(url: str, dest: Path, progress: Callable[[int], None], cancel: threadi
         _check_space(dest, total)
         with open(local, "rb") as src:
             return _copy(lambda: iter(lambda: src.read(CHUNK), b""), dest, total, progress, cancel)
+    import requests  # here, not at import: the node's start-up would pay for it (benchmarks)
+
     try:
         with requests.get(url, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as resp:
             if resp.status_code != 200:
