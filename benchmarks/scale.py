@@ -325,16 +325,25 @@ def run_inproc(n: int, work: Path, budget: float, callers: int = 0) -> dict[str,
                 last_progress = line.strip()
                 print("  " + last_progress, file=sys.stderr, flush=True)
 
-    reader = threading.Thread(target=read_err, daemon=True)
-    reader.start()
+    stdout_lines: list[str] = []
+
+    def read_out() -> None:
+        assert proc.stdout is not None
+        stdout_lines.extend(proc.stdout)
+
+    # Each pipe has one reader (communicate() would read stderr too, racing read_err).
+    readers = [threading.Thread(target=read_err, daemon=True), threading.Thread(target=read_out, daemon=True)]
+    for reader in readers:
+        reader.start()
     try:
-        out, _ = proc.communicate(timeout=budget)
+        proc.wait(timeout=budget)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        proc.wait()
         return {"n": n, "killed": f"not finished in {budget:.0f} s; last progress: {last_progress or 'none'}"}
-    reader.join(5)
-    for line in out.splitlines():
+    for reader in readers:
+        reader.join(10)
+    for line in stdout_lines:
         if line.startswith("RESULT "):
             return dict(json.loads(line[len("RESULT "):]))
     tail = "".join(stderr_lines[-5:]).strip()
