@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from .devices import DiskTO, NicTO
-from .storage import VolumeInventory
+from .storage import ImageInventory, VolumeInventory
 
 
 @attrs.frozen(kw_only=True)
@@ -130,6 +130,9 @@ class VmInstanceSpec:
     nic_tos: list[NicTO] = attrs.field(factory=list)
     extra: dict[str, Any] = attrs.field(factory=dict)
     """Room for a plugin's own per-create state, keyed by the plugin's name."""
+    image: ImageInventory | None = None
+    """The image of ``image_uuid`` once a flow or hook has read it (storage does, in the create
+    check), so later flows and hooks of the same create use it instead of reading it again."""
 
 
 @attrs.frozen(kw_only=True)
