@@ -92,6 +92,7 @@ class ApiMediator:
         self.jobs: JobStore = JobStore()
         self._owners: dict[str, str] = {}
         self._job_tasks: set[asyncio.Task[Any]] = set()
+        self._job_slots: asyncio.Semaphore | None = None
 
     # -- registry -----------------------------------------------------------------------------
 
@@ -183,13 +184,23 @@ class ApiMediator:
         task.add_done_callback(self._job_tasks.discard)
         return job
 
+    def _slots(self) -> asyncio.Semaphore:
+        if self._job_slots is None:
+            self._job_slots = asyncio.Semaphore(max(1, int(self.node.properties["api.max_running_jobs"])))
+        return self._job_slots
+
     async def _run_job(self, job: ApiJob, msg: APIMessage, reg: ApiRegistration) -> None:
         from .serialize import unstructure
 
-        try:
-            reply = await self.node.bus.call(msg, reg.service_id, resource_uuid=resource_uuid_of(msg, reg))
-        except Exception as exc:  # pragma: no cover - bus.call does not raise
-            reply = MessageReply(error=err("1000", str(exc)))
+        # Like ZStack's API thread pool: thousands of jobs submitted at once would otherwise all
+        # interleave their flows, each holding what it reserved (addresses, capacity) while the
+        # others run, and finish together late. A bounded number run; the rest wait in order.
+        # The message's timeout starts when it runs, not while it waits for a slot.
+        async with self._slots():
+            try:
+                reply = await self.node.bus.call(msg, reg.service_id, resource_uuid=resource_uuid_of(msg, reg))
+            except Exception as exc:  # pragma: no cover - bus.call does not raise
+                reply = MessageReply(error=err("1000", str(exc)))
         job.finished_at = time.time()
         if reply.error is None:
             job.state, job.result, job.progress = "Succeeded", unstructure(reply), 100

@@ -229,6 +229,9 @@ CORE_PROPERTIES = [
     GlobalProperty(section="api", name="max_concurrent_requests", type="int", default=512,
                    description="API requests served at once; more are refused with SYS.1005 (HTTP 503, "
                                "Retry-After) instead of queueing without bound"),
+    GlobalProperty(section="api", name="max_running_jobs", type="int", default=100,
+                   description="long API jobs (CreateVmInstance, ...) running at once; later ones wait "
+                               "their turn in submission order, their job Running with no progress yet"),
     GlobalProperty(section="bus", name="default_timeout", type="float", default=30.0,
                    description="seconds a bus call waits for a reply"),
     GlobalProperty(section="plugins", name="disabled", type="list", default=[],

@@ -379,3 +379,20 @@ async def test_stop_waits_for_running_jobs(trail: Trail, data_dir: Path) -> None
     asyncio.get_running_loop().call_later(0.02, trail.ship_gate.set)
     await node.stop()
     assert trail.shipped == ["disk"]  # the job ran to its end before the node stopped
+
+
+async def test_long_jobs_beyond_api_max_running_jobs_wait_their_turn_in_order(trail: Trail,
+                                                                             data_dir: Path) -> None:
+    async with ManagementNode(plugins=[ShopPlugin(trail), AuditPlugin(trail)], load_entry_points=False,
+                              data_dir=data_dir, settings={"api.max_running_jobs": 2}) as node:
+        jobs = [await node.submit_api(APIShipOrderMsg(item_name=f"item-{i}")) for i in range(6)]
+        assert all(isinstance(j, ApiJob) and j.state == "Running" for j in jobs)
+        for _ in range(50):  # let every job task reach its handler or its place in line
+            await asyncio.sleep(0)
+        assert trail.seen.count("service") == 2  # two handlers entered, four jobs waiting
+        waiting = await node.api.jobs.get(jobs[5].id)  # type: ignore[union-attr]
+        assert waiting is not None and waiting.state == "Running" and not waiting.progress
+        trail.ship_gate.set()
+        done = [await node.api.wait_job(j.id, timeout=10) for j in jobs]  # type: ignore[union-attr]
+        assert [d.state for d in done] == ["Succeeded"] * 6
+        assert trail.shipped == [f"item-{i}" for i in range(6)]  # in submission order
