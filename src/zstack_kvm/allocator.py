@@ -41,6 +41,7 @@ __all__ = [
     "give_back_sync",
     "recompute_sync",
     "move_sync",
+    "take_and_read_sync",
     "take_sync",
     "unreserve_sync",
 ]
@@ -101,19 +102,25 @@ def take_sync(vm_uuid: str | None, host_uuid: str, cpu: int, memory: int) -> boo
     """Reserve ``cpu``/``memory`` on the host and place the VM there (``vm_uuid`` None: only
     reserve, for a migration's destination), or change nothing and return False when the host
     no longer has room."""
+    return take_and_read_sync(vm_uuid, host_uuid, cpu, memory) is not None
+
+
+def take_and_read_sync(vm_uuid: str | None, host_uuid: str, cpu: int, memory: int) -> HostVO | None:
+    """:func:`take_sync`, returning the host's row as the reservation left it (None: no room).
+    The allocator hands that row on as the VM's destination instead of reading it again."""
     taken = (HostVO.update(available_cpu=HostVO.available_cpu - cpu, available_memory=HostVO.available_memory - memory)
              .where((HostVO.uuid == host_uuid) & (HostVO.available_cpu >= cpu) & (HostVO.available_memory >= memory))
              .execute())
     if taken != 1:
-        return False
-    if vm_uuid is None:
-        return True
+        return None
     host = HostVO.get(HostVO.uuid == host_uuid)
+    if vm_uuid is None:
+        return host  # type: ignore[no-any-return]
     placed = (VmInstanceVO.update(host_uuid=host_uuid, cluster_uuid=host.cluster_uuid, zone_uuid=host.zone_uuid)
               .where((VmInstanceVO.uuid == vm_uuid) & VmInstanceVO.host_uuid.is_null()).execute())
     if placed != 1:
         raise VmErrors.exc("1000", f"VM {vm_uuid} is gone or already placed on a host")
-    return True
+    return host  # type: ignore[no-any-return]
 
 
 def give_back_sync(vm_uuid: str, **vm_fields: Any) -> str | None:
@@ -255,8 +262,9 @@ class HostAllocator:
         if strategy is None:
             raise HostErrors.exc("1000", f"unknown host allocator strategy {request.strategy!r}")
         for host in strategy.order(fit, spec):
-            if await db.atomic(take_sync, request.vm_uuid if place else None, host.uuid, request.cpu, request.memory):
-                row = await db.run(lambda: HostVO.get(HostVO.uuid == host.uuid))
+            row = await db.atomic(take_and_read_sync, request.vm_uuid if place else None, host.uuid, request.cpu,
+                                  request.memory)
+            if row is not None:
                 return row.to_inventory()  # type: ignore[no-any-return]
         raise HostErrors.exc("1004", f"other VMs took the remaining capacity in {scope} while this one was placed")
 

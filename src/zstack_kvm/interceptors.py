@@ -80,11 +80,28 @@ def _needs_service(node: Any, resource: str, field: str, value: Any, plugin: str
                                    f"(install {plugin})", field=field)
 
 
-async def _must_exist(node: Any, resource: str, uuid: str, field: str) -> Any:
-    found = await node.query.find(resource, [("uuid", "=", uuid)])
-    if not found:
+async def _missing(node: Any, wanted: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of ``(resource, uuid)`` name no row, in one database round trip. Only existence is
+    asked (no query engine, no inventories): the flows read what they need later."""
+    wanted = [(r, u) for r, u in wanted if r in node.query.resources]
+    if not wanted:
+        return set()
+
+    def missing() -> set[tuple[str, str]]:
+        out = set()
+        for resource, uuid in wanted:
+            model = node.query.resources[resource].model
+            key = model._meta.fields["uuid"]
+            if model.select(key).where(key == uuid).first() is None:
+                out.add((resource, uuid))
+        return out
+
+    return await node.db.run(missing)  # type: ignore[no-any-return]
+
+
+def _must_exist(missing: set[tuple[str, str]], resource: str, uuid: str, field: str) -> None:
+    if (resource, uuid) in missing:
         raise invalid_argument(f"no {resource} {uuid}", f"$.{field}")
-    return found[0]
 
 
 class VmApiInterceptor(ApiInterceptor):
@@ -100,6 +117,11 @@ class VmApiInterceptor(ApiInterceptor):
         if msg.strategy not in ("InstantStart", "CreateStopped"):
             raise invalid_argument(f"strategy must be InstantStart or CreateStopped, got {msg.strategy!r}", "$.strategy")
         db = node.db
+        # Every existence check in one round trip; errors are still raised in the order below.
+        wanted = [("Image", msg.image_uuid)] if msg.image_uuid is not None else []
+        wanted += [("L3Network", u) for u in msg.l3_network_uuids]
+        wanted += [("DiskOffering", u) for u in msg.data_disk_offering_uuids]
+        missing = await _missing(node, wanted)
         if msg.instance_offering_uuid is not None:
             if msg.cpu_num is not None or msg.memory_size is not None:
                 raise invalid_argument("give either instanceOfferingUuid or cpuNum and memorySize, not both",
@@ -120,7 +142,7 @@ class VmApiInterceptor(ApiInterceptor):
         await self._placement(msg, db)
         if msg.image_uuid is not None:
             _needs_service(node, "Image", "imageUuid", msg.image_uuid, "zstack-storage")
-            await _must_exist(node, "Image", msg.image_uuid, "imageUuid")
+            _must_exist(missing, "Image", msg.image_uuid, "imageUuid")
         if msg.root_disk_size is not None:
             if msg.root_disk_size <= 0:
                 raise invalid_argument(f"rootDiskSize must be positive, got {msg.root_disk_size}", "$.rootDiskSize")
@@ -129,10 +151,10 @@ class VmApiInterceptor(ApiInterceptor):
             raise invalid_argument("l3NetworkUuids lists a network twice", "$.l3NetworkUuids")
         for i, l3 in enumerate(msg.l3_network_uuids):
             _needs_service(node, "L3Network", "l3NetworkUuids", l3, "zstack-network")
-            await _must_exist(node, "L3Network", l3, f"l3NetworkUuids[{i}]")
+            _must_exist(missing, "L3Network", l3, f"l3NetworkUuids[{i}]")
         for i, offering_uuid in enumerate(msg.data_disk_offering_uuids):
             _needs_service(node, "DiskOffering", "dataDiskOfferingUuids", offering_uuid, "zstack-storage")
-            await _must_exist(node, "DiskOffering", offering_uuid, f"dataDiskOfferingUuids[{i}]")
+            _must_exist(missing, "DiskOffering", offering_uuid, f"dataDiskOfferingUuids[{i}]")
         for i, size in enumerate(msg.data_disk_sizes):
             if size <= 0:
                 raise invalid_argument(f"dataDiskSizes[{i}] must be positive, got {size}", f"$.dataDiskSizes[{i}]")

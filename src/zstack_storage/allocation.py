@@ -20,7 +20,7 @@ import attrs
 
 from zstack_core.errors import ZStackError
 from zstack_core.header.compute import HostInventory
-from zstack_core.header.storage import ImageInventory, VolumeFacts, VolumeInventory
+from zstack_core.header.storage import ImageInventory, PrimaryStorageInventory, VolumeFacts, VolumeInventory
 from zstack_core.ownership import disown_sync, own_sync
 
 from . import capacity
@@ -51,30 +51,28 @@ class NewVolume:
 
 class VolumeAllocation(PrimaryStorageHandlers):
 
-    async def candidates(self, host: HostInventory) -> list[str]:
+    @staticmethod
+    def candidates_sync(host: HostInventory) -> list[str]:
         """Primary storage usable on ``host``: attached to its cluster, enabled, connected, with a
-        share on the host; most available first."""
+        share on the host; most available first (database thread)."""
         P, H, R = PrimaryStorageVO, LocalStorageHostRefVO, PrimaryStorageClusterRefVO
+        q = (P.select(P.uuid).join(R, on=(R.primary_storage_uuid == P.uuid))
+             .join(H, on=((H.primary_storage_uuid == P.uuid) & (H.host_uuid == host.uuid)))
+             .where((R.cluster_uuid == host.cluster_uuid) & (P.state == "Enabled") & (P.status == "Connected"))
+             .order_by(H.available_capacity.desc()))
+        return [p.uuid for p in q]
 
-        def load() -> list[str]:
-            q = (P.select(P.uuid).join(R, on=(R.primary_storage_uuid == P.uuid))
-                 .join(H, on=((H.primary_storage_uuid == P.uuid) & (H.host_uuid == host.uuid)))
-                 .where((R.cluster_uuid == host.cluster_uuid) & (P.state == "Enabled") & (P.status == "Connected"))
-                 .order_by(H.available_capacity.desc()))
-            return [p.uuid for p in q]
-
-        return await self.node.db.run(load)
+    async def candidates(self, host: HostInventory) -> list[str]:
+        return await self.node.db.run(self.candidates_sync, host)
 
     async def allocate(self, host: HostInventory, volumes: list[NewVolume], only_ps: str | None = None) -> str:
-        """Reserve room for ``volumes`` on one primary storage of ``host``; return its UUID."""
+        """Reserve room for ``volumes`` on one primary storage of ``host``; return its UUID.
+
+        One transaction finds the candidates and takes the first that has room: a candidate
+        without room changes nothing (its conditional ``UPDATE`` matches no row), so trying the
+        next one in the same transaction is what separate transactions did, in one round trip.
+        """
         need = sum(v.size for v in volumes)
-        candidates = await self.candidates(host)
-        if only_ps is not None:
-            candidates = [c for c in candidates if c == only_ps]
-        if not candidates:
-            which = f"primary storage {only_ps}" if only_ps else "no primary storage"
-            raise PrimaryStorageErrors.exc("1004", f"{which} attached to cluster {host.cluster_uuid} is usable on "
-                                                   f"host {host.uuid}" + (" there" if only_ps else ""))
 
         def take(ps_uuid: str) -> bool:
             if not capacity.reserve_sync(ps_uuid, host.uuid, need, self.hold_back(ps_uuid)):
@@ -93,9 +91,22 @@ class VolumeAllocation(PrimaryStorageHandlers):
                 own_sync(v.uuid, "Volume", v.account_uuid)
             return True
 
-        for ps_uuid in candidates:
-            if await self.node.db.atomic(take, ps_uuid):
-                return ps_uuid
+        def place() -> tuple[list[str], str | None]:
+            found = self.candidates_sync(host)
+            if only_ps is not None:
+                found = [c for c in found if c == only_ps]
+            for ps_uuid in found:
+                if take(ps_uuid):
+                    return found, ps_uuid
+            return found, None
+
+        candidates, placed = await self.node.db.atomic(place)
+        if placed is not None:
+            return placed
+        if not candidates:
+            which = f"primary storage {only_ps}" if only_ps else "no primary storage"
+            raise PrimaryStorageErrors.exc("1004", f"{which} attached to cluster {host.cluster_uuid} is usable on "
+                                                   f"host {host.uuid}" + (" there" if only_ps else ""))
         H = LocalStorageHostRefVO
         best = await self.node.db.run(lambda: max((r.available_capacity for r in H.select().where(
             (H.host_uuid == host.uuid) & H.primary_storage_uuid.in_(candidates))), default=0))
@@ -142,10 +153,13 @@ class VolumeAllocation(PrimaryStorageHandlers):
         return await self.serial(f"cache-{ps_uuid}-{host.uuid}-{image.uuid}", ensure)
 
     async def instantiate(self, ps_uuid: str, host: HostInventory, volume_uuids: list[str],
-                          image: ImageInventory | None = None) -> list[VolumeInventory]:
+                          image: ImageInventory | None = None,
+                          ps: PrimaryStorageInventory | None = None) -> list[VolumeInventory]:
         """Create the files of allocated volumes; a root volume is an overlay of ``image``'s cache
-        (or blank, for an ISO, whose cache the VM gets as its cdrom)."""
-        ps = await self.ps(ps_uuid)
+        (or blank, for an ISO, whose cache the VM gets as its cdrom). ``ps``: the primary
+        storage's inventory when the caller has read it already."""
+        if ps is None or ps.uuid != ps_uuid:
+            ps = await self.ps(ps_uuid)
         factory = self.factory(ps.type)
         cache = await self.ensure_image_cache(ps_uuid, host, image) if image is not None else None
         backing = cache if image is not None and image.media_type != "ISO" else None
@@ -157,12 +171,16 @@ class VolumeAllocation(PrimaryStorageHandlers):
                 facts = await factory.create_volume(self.node, ps, host, vol, backing if vol.type == "Root" else None)
                 made.append(facts.install_path)
 
-                def ready(uuid: str = uuid, facts: VolumeFacts = facts) -> VolumeInventory:
-                    VolumeVO.update(status="Ready", install_path=facts.install_path, actual_size=facts.actual_size,
-                                    format=facts.format).where(VolumeVO.uuid == uuid).execute()
-                    return VolumeVO.get(VolumeVO.uuid == uuid).to_inventory()  # type: ignore[no-any-return]
+                def ready(uuid: str = uuid, facts: VolumeFacts = facts) -> int:
+                    return int(VolumeVO.update(status="Ready", install_path=facts.install_path,
+                                               actual_size=facts.actual_size, format=facts.format)
+                               .where(VolumeVO.uuid == uuid).execute())
 
-                out.append(await self.node.db.atomic(ready))
+                if not await self.node.db.run(ready):
+                    raise PrimaryStorageErrors.exc("1000", f"volume {uuid} was deleted while its file was made")
+                # The row as just written (the UPDATE sets exactly these; no need to read it back).
+                out.append(attrs.evolve(vol, status="Ready", install_path=facts.install_path,
+                                        actual_size=facts.actual_size, format=facts.format))
         except BaseException:
             for path in made:
                 try:

@@ -18,7 +18,7 @@ from zstack_core.db import new_uuid
 from zstack_core.header.backends import HostAllocatorFilter
 from zstack_core.header.compute import HostInventory, VmInstanceSpec
 from zstack_core.header.devices import DiskTO
-from zstack_core.header.storage import ImageInventory
+from zstack_core.header.storage import ImageInventory, PrimaryStorageInventory
 
 from .allocation import NewVolume
 from .errors import ImageErrors, PrimaryStorageErrors, VolumeErrors
@@ -44,8 +44,23 @@ class VmVolumes:
         self.s = service
 
     async def image_of(self, spec: VmInstanceSpec) -> ImageInventory | None:
+        """The VM's image, read once per spec: the create check reads it, and the filter, the
+        flows and the domain's disks of the same create use ``spec.image``."""
         uuid = spec.image_uuid or spec.vm.image_uuid
-        return None if uuid is None else await self.s.image(uuid)
+        if uuid is None:
+            return None
+        if spec.image is None or spec.image.uuid != uuid:
+            spec.image = await self.s.image(uuid)
+        return spec.image
+
+    async def ps_of(self, spec: VmInstanceSpec, uuid: str) -> PrimaryStorageInventory:
+        """A primary storage, read once per spec (its type and URL are what the flows and the
+        domain's disks need; its capacity figures are not used from here)."""
+        cache: dict[str, PrimaryStorageInventory] = spec.extra.setdefault("storage", {}).setdefault("ps", {})
+        ps = cache.get(uuid)
+        if ps is None:
+            ps = cache[uuid] = await self.s.ps(uuid)
+        return ps
 
     async def plan(self, spec: VmInstanceSpec) -> list[NewVolume]:
         """Root volume (from the image; none for a VM without one) then data volumes, in
@@ -91,11 +106,13 @@ class VmVolumes:
         and the cached ISO as a cdrom for a VM made from one."""
         volumes = [v for v in await self.s.vm_volumes(spec.vm.uuid) if v.status == "Ready"]
         for vol in volumes:
-            ps = await self.s.ps(vol.primary_storage_uuid or "")
+            ps = await self.ps_of(spec, vol.primary_storage_uuid or "")
             spec.disks.append(self.s.factory(ps.type).disk_to(vol))
         root = next((v for v in volumes if v.type == "Root"), None)
         if root is None or not root.root_image_uuid:
             return
+        if spec.image is not None and spec.image.uuid == root.root_image_uuid and spec.image.media_type != "ISO":
+            return  # the create read the image: not an ISO, so no cdrom (and no query for its cache)
         C = ImageCacheVO
 
         def iso_cache() -> ImageCacheVO | None:
@@ -155,8 +172,10 @@ class AllocateVolumeFlow(Flow):
             return
         service = _service(data)
         assert spec.destination_host is not None
-        image = await VmVolumes(service).image_of(spec)
-        made = await service.instantiate(data[_PS], spec.destination_host, data[_PLAN], image)
+        volumes = VmVolumes(service)
+        image = await volumes.image_of(spec)
+        ps = await volumes.ps_of(spec, data[_PS])
+        made = await service.instantiate(data[_PS], spec.destination_host, data[_PLAN], image, ps=ps)
         roots = [v for v in made if v.type == "Root"]
         spec.root_volume = roots[0] if roots else None
         spec.data_volumes = [v for v in made if v.type == "Data"]
@@ -187,25 +206,27 @@ class PrimaryStorageAllocatorFilter(HostAllocatorFilter):
         by_uuid = {h.uuid: h for h in candidates}
 
         def room() -> set[str]:
-            rows = (H.select(H.host_uuid, H.primary_storage_uuid, H.available_capacity)
+            # Two queries whatever the number of candidates: the (host, primary storage) shares
+            # of enabled, connected primary storage with the clusters it is attached to, and
+            # which of those pools already cache the image.
+            rows = (H.select(H.host_uuid, H.primary_storage_uuid, H.available_capacity, R.cluster_uuid)
                     .join(P, on=(P.uuid == H.primary_storage_uuid))
                     .join(R, on=(R.primary_storage_uuid == P.uuid))
-                    .where(H.host_uuid.in_(list(by_uuid)) & (P.state == "Enabled") & (P.status == "Connected")))
+                    .where(H.host_uuid.in_(list(by_uuid)) & (P.state == "Enabled") & (P.status == "Connected")
+                           & R.cluster_uuid.in_(list({h.cluster_uuid for h in candidates}))))
+            found: list[tuple[str, str, int, str]] = list(rows.tuples())  # type: ignore[arg-type]
+            cached: set[tuple[str, str]] = set()
+            if image is not None and found:
+                cached = {(ps_uuid, host_uuid) for ps_uuid, host_uuid in C.select(C.primary_storage_uuid, C.host_uuid)
+                          .where((C.image_uuid == image.uuid) & C.host_uuid.in_(list(by_uuid))).tuples()}
             ok = set()
-            found: list[dict[str, Any]] = list(rows.dicts())  # type: ignore[arg-type]
-            for r in found:
-                host = by_uuid[r["host_uuid"]]
-                attached = R.select().where((R.primary_storage_uuid == r["primary_storage_uuid"])
-                                            & (R.cluster_uuid == host.cluster_uuid)).exists()
-                if not attached:
-                    continue
-                extra = 0
-                if image is not None and not C.select().where(
-                        (C.primary_storage_uuid == r["primary_storage_uuid"]) & (C.host_uuid == host.uuid)
-                        & (C.image_uuid == image.uuid)).exists():
-                    extra = image.actual_size
-                if r["available_capacity"] - s.hold_back(r["primary_storage_uuid"]) >= need + extra:
-                    ok.add(host.uuid)
+            for host_uuid, ps_uuid, available, cluster_uuid in found:
+                host = by_uuid[host_uuid]
+                if cluster_uuid != host.cluster_uuid:
+                    continue  # attached to another cluster, not this host's
+                extra = image.actual_size if image is not None and (ps_uuid, host_uuid) not in cached else 0
+                if available - s.hold_back(ps_uuid) >= need + extra:
+                    ok.add(host_uuid)
             return ok
 
         fits = await s.node.db.run(room)
