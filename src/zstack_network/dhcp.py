@@ -43,12 +43,13 @@ import asyncio
 import ipaddress
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 import attrs
 import libvirt
+import peewee
 
 from zstack_core.errors import ZStackError
 from zstack_core.header import HostInventory, L2NetworkInventory
@@ -56,6 +57,7 @@ from zstack_core.header import HostInventory, L2NetworkInventory
 from . import hosts
 from .errors import L2Errors, L3Errors
 from .l2 import l2_inventories, realize_fn
+from .prepared import Prepared
 from .models import (
     DhcpNetworkHostRefVO,
     IpRangeVO,
@@ -66,7 +68,8 @@ from .models import (
     VmNicVO,
 )
 
-__all__ = ["DhcpApi", "DhcpHost", "DhcpSpec", "dhcp_network_name", "load_spec_sync", "network_xml", "reconcile_fn"]
+__all__ = ["DhcpApi", "DhcpHost", "DhcpSpec", "dhcp_network_name", "entries_fn", "load_spec_sync", "network_xml",
+           "reconcile_fn"]
 
 log = logging.getLogger("zstack.network.dhcp")
 
@@ -219,6 +222,60 @@ def reconcile_fn(spec: DhcpSpec) -> Callable[[Any], dict[str, int]]:
     return reconcile
 
 
+def entries_fn(l3_uuid: str, add: Sequence[DhcpHost], remove: Sequence[DhcpHost]) -> Callable[[Any], dict[str, int]]:
+    """The function compute runs on a host to add and remove single host entries of the DHCP
+    server of ``l3_uuid`` (``networkUpdate`` of the ``ip-dhcp-host`` section), without reading
+    the network's XML: the cost is the entries changed, not the entries there are. Returns
+    counts; ``missing`` 1 when the host has no such network, ``failed`` the entries libvirt
+    refused (an entry already there, or not there to delete): the caller then reconciles that
+    host in full."""
+
+    def update(conn: Any) -> dict[str, int]:
+        try:
+            net = conn.networkLookupByName(dhcp_network_name(l3_uuid))
+        except libvirt.libvirtError:
+            return {"missing": 1, "added": 0, "removed": 0, "failed": 0}
+        flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+        if net.isActive():
+            flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+        added = removed = failed = 0
+        have: dict[str, DhcpHost] | None = None  # the network's entries, read only when libvirt refuses one
+        for command, entries in ((libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, remove),
+                                 (libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, add)):
+            adding = entries is add
+            for h in entries:
+                try:
+                    net.update(command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, host_xml(h), flags)
+                except libvirt.libvirtError as exc:
+                    # Already as wanted (a full reconcile got there first)? Then nothing failed.
+                    if have is None:
+                        have = _hosts_of(net.XMLDesc(0))
+                    there = have.get(h.mac.lower())
+                    if (there == h) if adding else (there is None and h not in have.values()):
+                        continue
+                    log.info("DHCP entry %s of %s not %s: %s", h, l3_uuid, "added" if adding else "removed",
+                             exc.get_error_message())
+                    failed += 1
+                    continue
+                have = None
+                if adding:
+                    added += 1
+                else:
+                    removed += 1
+        return {"missing": 0, "added": added, "removed": removed, "failed": failed}
+
+    return update
+
+
+@attrs.define(eq=False)
+class _EntryBatch:
+    """Host-entry changes of one L3 network waiting for its DHCP queue (joined until it runs)."""
+
+    add: list[DhcpHost]
+    remove: list[DhcpHost]
+    done: asyncio.Future[None]
+
+
 def _veth(spec: DhcpSpec) -> None:
     """Join the DHCP bridge to the L2 bridge with a veth pair (idempotent)."""
     l2_end, dhcp_end = veth_names(spec.l3_uuid)
@@ -250,6 +307,15 @@ def remove_fn(l3_uuid: str) -> Callable[[Any], None]:
     return remove
 
 
+_DHCP_HOSTS = Prepared(lambda p: DhcpNetworkHostRefVO.select(DhcpNetworkHostRefVO.host_uuid)
+                       .where(DhcpNetworkHostRefVO.l3_network_uuid == p.l3))
+_HOST_HAS = Prepared(lambda p: L2NetworkHostRefVO.select(peewee.SQL("2"), L2NetworkHostRefVO.l2_network_uuid)
+                     .where(L2NetworkHostRefVO.host_uuid == p.host)
+                     .union_all(DhcpNetworkHostRefVO.select(peewee.SQL("3"), DhcpNetworkHostRefVO.l3_network_uuid)
+                                .where(DhcpNetworkHostRefVO.host_uuid == p.host)))
+"""What a host has: its realized L2 networks (2) and the L3 networks it serves DHCP for (3)."""
+
+
 class DhcpApi:
     """Keeps the DHCP servers of L3 networks in step with the database (service mixin)."""
 
@@ -258,8 +324,101 @@ class DhcpApi:
         async def realize_l2(self, l2s: Sequence[L2NetworkInventory], host: HostInventory) -> None: ...
 
     async def _dhcp_hosts(self, l3_uuid: str) -> list[str]:
-        return await self.node.db.run(lambda: [h for (h,) in DhcpNetworkHostRefVO.select(DhcpNetworkHostRefVO.host_uuid)
-                                               .where(DhcpNetworkHostRefVO.l3_network_uuid == l3_uuid).tuples()])
+        return await self.node.db.run(lambda: [h for (h,) in _DHCP_HOSTS.run(l3=l3_uuid)])
+
+    async def _reconcile_hosts(self, l3_uuid: str, host_uuids: Sequence[str] | None, strict: bool) -> None:
+        """The body of :meth:`sync_dhcp` (call it only in the ``dhcp-<uuid>`` queue's turn)."""
+        targets = list(host_uuids) if host_uuids is not None else await self._dhcp_hosts(l3_uuid)
+        if not targets:
+            return
+        spec = await self.node.db.run(load_spec_sync, l3_uuid)
+        if spec is None:
+            await self._remove(l3_uuid, targets)
+            return
+        for host_uuid in targets:
+            try:
+                result = await hosts.run_on_host(self.node, host_uuid, reconcile_fn(spec),
+                                                 L3Errors.error("1010", f"DHCP of L3 network {l3_uuid} on host "
+                                                                        f"{host_uuid}"))
+            except ZStackError as exc:
+                if strict:
+                    raise
+                log.warning("%s", exc.error)
+                continue
+            log.debug("DHCP of %s on %s: %s", l3_uuid, host_uuid, result)
+            await self.node.db.run(lambda h=host_uuid: DhcpNetworkHostRefVO.insert(
+                l3_network_uuid=l3_uuid, host_uuid=h).on_conflict_ignore().execute())
+
+    async def update_dhcp_entries(self, l3_uuid: str, add: Sequence[DhcpHost] = (),
+                                  remove: Sequence[DhcpHost] = ()) -> None:
+        """Add and remove single host entries (NICs that got or gave back an address) on every
+        host that runs the DHCP server of ``l3_uuid``, after the database says so.
+
+        Changes of many NICs that wait for the L3 network's DHCP queue at the same time go out
+        together (one call per host). A host where an entry cannot be changed alone (its
+        network is missing, an entry is already there or not there) is reconciled in full from
+        the database, as :meth:`sync_dhcp` does; failures are logged and the host is repaired
+        at its next reconnect."""
+        if not add and not remove:
+            return
+        while True:
+            pending = self._dhcp_batches.get(l3_uuid)
+            if pending is None:
+                break
+            pending.add.extend(add)  # not started: it has read nothing yet, so it takes ours too
+            pending.remove.extend(remove)
+            try:
+                await asyncio.shield(pending.done)
+                return
+            except asyncio.CancelledError:
+                if not pending.done.cancelled():
+                    raise  # this caller was cancelled
+                # The batch we joined never ran: start or join another with our changes.
+        batch = _EntryBatch(add=list(add), remove=list(remove), done=asyncio.get_running_loop().create_future())
+        batch.done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
+        self._dhcp_batches[l3_uuid] = batch
+
+        async def turn() -> None:
+            if self._dhcp_batches.get(l3_uuid) is batch:
+                del self._dhcp_batches[l3_uuid]  # from now on, changes start the next batch
+            await self._apply_entries(l3_uuid, batch)
+
+        try:
+            await self.node.tasks.run(f"dhcp-{l3_uuid}", turn)
+        except BaseException as exc:
+            if self._dhcp_batches.get(l3_uuid) is batch:
+                del self._dhcp_batches[l3_uuid]
+            if isinstance(exc, asyncio.CancelledError):
+                batch.done.cancel()
+            elif not batch.done.done():
+                batch.done.set_exception(exc)
+            raise
+        batch.done.set_result(None)
+
+    async def _apply_entries(self, l3_uuid: str, batch: _EntryBatch) -> None:
+        targets = await self._dhcp_hosts(l3_uuid)
+        add, remove = list(batch.add), list(batch.remove)
+        for host_uuid in targets:
+            try:
+                result = await hosts.run_on_host(self.node, host_uuid, entries_fn(l3_uuid, add, remove),
+                                                 L3Errors.error("1010", f"DHCP entries of L3 network {l3_uuid} on "
+                                                                        f"host {host_uuid}"))
+            except ZStackError as exc:
+                log.warning("%s", exc.error)
+                continue
+            log.debug("DHCP entries of %s on %s: %s", l3_uuid, host_uuid, result)
+            if result["missing"] or result["failed"]:
+                try:
+                    await self._reconcile_hosts(l3_uuid, [host_uuid], strict=False)
+                except ZStackError as exc:
+                    log.warning("%s", exc.error)
+
+    @property
+    def _dhcp_batches(self) -> dict[str, _EntryBatch]:
+        batches: dict[str, _EntryBatch] | None = self.__dict__.get("_dhcp_batches_map")
+        if batches is None:
+            batches = self.__dict__["_dhcp_batches_map"] = {}
+        return batches
 
     async def sync_dhcp(self, l3_uuid: str, host_uuids: Sequence[str] | None = None, strict: bool = False) -> None:
         """Reconcile the DHCP server of ``l3_uuid`` on ``host_uuids`` (default: every host that
@@ -267,26 +426,7 @@ class DhcpApi:
         are logged and the host is fixed at its next reconnect."""
 
         async def run() -> None:
-            targets = list(host_uuids) if host_uuids is not None else await self._dhcp_hosts(l3_uuid)
-            if not targets:
-                return
-            spec = await self.node.db.run(load_spec_sync, l3_uuid)
-            if spec is None:
-                await self._remove(l3_uuid, targets)
-                return
-            for host_uuid in targets:
-                try:
-                    result = await hosts.run_on_host(self.node, host_uuid, reconcile_fn(spec),
-                                                     L3Errors.error("1010", f"DHCP of L3 network {l3_uuid} on host "
-                                                                            f"{host_uuid}"))
-                except ZStackError as exc:
-                    if strict:
-                        raise
-                    log.warning("%s", exc.error)
-                    continue
-                log.debug("DHCP of %s on %s: %s", l3_uuid, host_uuid, result)
-                await self.node.db.run(lambda h=host_uuid: DhcpNetworkHostRefVO.insert(
-                    l3_network_uuid=l3_uuid, host_uuid=h).on_conflict_ignore().execute())
+            await self._reconcile_hosts(l3_uuid, host_uuids, strict)
 
         # Coalesce: while a sync of the same kind waits for its turn, later callers join it
         # instead of queueing another. It has not read the database yet, so it will see their
@@ -356,9 +496,11 @@ class DhcpApi:
         for l3_uuid in l3_uuids:
             await self.remove_dhcp(l3_uuid, host_uuids)
 
-    async def prepare_host(self, host: HostInventory, l3_uuids: Sequence[str]) -> None:
+    async def prepare_host(self, host: HostInventory, l3_uuids: Sequence[str],
+                           l2_of: Mapping[str, L2NetworkInventory] | None = None) -> None:
         """Make ``host`` ready for NICs on ``l3_uuids``: their L2 networks realized, their DHCP
         servers up with every NIC's entry. Raises on failure (a VM must not start without them).
+        ``l2_of``: the L2 network of each L3 network when the caller read them already.
 
         What the host already has (recorded when it was done) is not redone: NIC changes reach
         every host with the DHCP server as they happen, and a host that reconnects is reconciled
@@ -366,17 +508,26 @@ class DhcpApi:
         l3_uuids = list(dict.fromkeys(l3_uuids))
         if not l3_uuids:
             return
+        known = l2_of is not None and all(u in l2_of for u in l3_uuids)
 
         def missing() -> tuple[list[L2NetworkInventory], list[str]]:
-            rows = (L2NetworkVO.select().join(L3NetworkVO, on=(L3NetworkVO.l2_network_uuid == L2NetworkVO.uuid))
-                    .where(L3NetworkVO.uuid.in_(l3_uuids)).distinct())
-            realized = {u for (u,) in L2NetworkHostRefVO.select(L2NetworkHostRefVO.l2_network_uuid)
-                        .where(L2NetworkHostRefVO.host_uuid == host.uuid).tuples()}
-            served = {u for (u,) in DhcpNetworkHostRefVO.select(DhcpNetworkHostRefVO.l3_network_uuid)
-                      .where(DhcpNetworkHostRefVO.host_uuid == host.uuid).tuples()}
-            return l2_inventories([r for r in rows if r.uuid not in realized]), [u for u in l3_uuids if u not in served]
+            # What the host has, in one statement: its realized L2 networks and DHCP servers.
+            realized: set[str] = set()
+            served: set[str] = set()
+            for kind, uuid in _HOST_HAS.run(host=host.uuid):
+                (realized if kind == 2 else served).add(uuid)
+            if known:
+                assert l2_of is not None
+                wanted = {l2_of[u].uuid: l2_of[u] for u in l3_uuids}
+                l2s = [l2 for u, l2 in wanted.items() if u not in realized]
+            else:
+                rows = (L2NetworkVO.select().join(L3NetworkVO, on=(L3NetworkVO.l2_network_uuid == L2NetworkVO.uuid))
+                        .where(L3NetworkVO.uuid.in_(l3_uuids)).distinct())
+                l2s = l2_inventories([r for r in rows if r.uuid not in realized])
+            return l2s, [u for u in l3_uuids if u not in served]
 
         l2s, l3s = await self.node.db.run(missing)
-        await self.realize_l2(l2s, host)
+        if l2s:
+            await self.realize_l2(l2s, host)
         for l3_uuid in l3s:
             await self.sync_dhcp(l3_uuid, [host.uuid], strict=True)

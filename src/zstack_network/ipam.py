@@ -22,17 +22,19 @@ import ipaddress
 import itertools
 import logging
 import random
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
 import attrs
 import peewee
 
-from zstack_core.db import new_uuid
+from zstack_core.db import new_uuid, utcnow
 from zstack_core.errors import invalid_argument
 from zstack_core.header.backends import IpAllocationStrategy
 
 from .errors import L3Errors
+from .prepared import Markers, Prepared
 
 __all__ = [
     "FirstAvailable",
@@ -289,6 +291,255 @@ def free_space_sync(l3_uuid: str, ip_range_uuid: str | None = None,
     return FreeIpSpace([(r.start_int, r.end_int) for r in ranges], excluded), ranges, used
 
 
+# -- the database side --------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RangeRow:
+    uuid: str
+    start_int: int
+    end_int: int
+    netmask: str
+    gateway: str
+
+
+@attrs.frozen(kw_only=True)
+class L3Addresses:
+    """What bounds the addresses of an L3 network: its ranges (ascending), its reserved spans
+    (merged, ascending) and the gateways of its ranges. Small: read whole, every allocation."""
+
+    ranges: tuple[RangeRow, ...]
+    reserved: tuple[tuple[int, int], ...]
+    gateways: frozenset[int]
+
+    def range_of(self, value: int) -> RangeRow | None:
+        for r in self.ranges:
+            if r.start_int <= value <= r.end_int:
+                return r
+        return None
+
+    def reserved_span(self, value: int) -> tuple[int, int] | None:
+        i = bisect.bisect_right(self.reserved, (value, float("inf"))) - 1
+        if i >= 0 and self.reserved[i][0] <= value <= self.reserved[i][1]:
+            return self.reserved[i]
+        return None
+
+    def excluded(self, value: int) -> bool:
+        """A gateway, reserved, or in no range: never handed out."""
+        return value in self.gateways or self.reserved_span(value) is not None or self.range_of(value) is None
+
+    def next_candidate(self, value: int) -> int | None:
+        """The lowest address >= ``value`` in a range, not a gateway, not reserved (used or not)."""
+        for r in self.ranges:
+            if r.end_int < value:
+                continue
+            value = max(value, r.start_int)
+            while value <= r.end_int:
+                span = self.reserved_span(value)
+                if span is not None:
+                    value = span[1] + 1
+                elif value in self.gateways:
+                    value += 1
+                else:
+                    return value
+        return None
+
+    @property
+    def size(self) -> int:
+        return sum(r.end_int - r.start_int + 1 for r in self.ranges)
+
+    def nth(self, n: int) -> int:
+        """The n-th address (0-based) of the ranges taken together, ascending."""
+        for r in self.ranges:
+            if n <= r.end_int - r.start_int:
+                return r.start_int + n
+            n -= r.end_int - r.start_int + 1
+        raise IndexError(n)
+
+
+def _addresses_query(p: Markers) -> peewee.Query:
+    from .models import IpRangeVO, ReservedIpRangeVO
+
+    ranges = IpRangeVO.select(peewee.SQL("0").alias("kind"), IpRangeVO.uuid, IpRangeVO.start_int, IpRangeVO.end_int,
+                              IpRangeVO.netmask, IpRangeVO.gateway).where(IpRangeVO.l3_network_uuid == p.l3)
+    reserved = ReservedIpRangeVO.select(peewee.SQL("1"), ReservedIpRangeVO.uuid, ReservedIpRangeVO.start_int,
+                                        ReservedIpRangeVO.end_int, ReservedIpRangeVO.start_ip,
+                                        ReservedIpRangeVO.end_ip).where(ReservedIpRangeVO.l3_network_uuid == p.l3)
+    return ranges.union_all(reserved)
+
+
+def _used_from_query(p: Markers) -> peewee.Query:
+    from .models import UsedIpVO
+
+    return (UsedIpVO.select(UsedIpVO.ip_int)
+            .where((UsedIpVO.l3_network_uuid == p.l3) & (UsedIpVO.ip_int >= p.from_int))
+            .order_by(UsedIpVO.ip_int).limit(p.limit_int))
+
+
+def _used_one_query(p: Markers) -> peewee.Query:
+    from .models import UsedIpVO
+
+    return UsedIpVO.select(UsedIpVO.ip_int).where((UsedIpVO.l3_network_uuid == p.l3) & (UsedIpVO.ip_int == p.ip_int))
+
+
+def _insert_used(p: Markers) -> peewee.Query:
+    from .models import UsedIpVO
+
+    return UsedIpVO.insert(uuid=p.uuid, created_at=p.now, updated_at=p.now, l3_network_uuid=p.l3, ip_range_uuid=p.range,
+                           ip=p.ip, ip_int=p.ip_int, vm_nic_uuid=p.nic)
+
+
+_INSERT_USED = Prepared(_insert_used)
+_ADDRESSES = Prepared(_addresses_query)
+_USED_FROM = Prepared(_used_from_query)
+_USED_ONE = Prepared(_used_one_query)
+WALK_BATCH = 256
+
+
+def load_addresses_sync(l3_uuid: str) -> L3Addresses:
+    """The ranges, reserved spans and gateways of ``l3_uuid`` in one statement (database thread)."""
+    ranges: list[RangeRow] = []
+    spans: list[tuple[int, int]] = []
+    for kind, uuid, start, end, netmask, gateway in _ADDRESSES.run(l3=l3_uuid):
+        if kind == 0:
+            ranges.append(RangeRow(uuid=uuid, start_int=start, end_int=end, netmask=netmask, gateway=gateway))
+        else:
+            spans.append((start, end))
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):  # reservations may overlap: merge them for bisecting
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    ranges.sort(key=lambda r: r.start_int)
+    return L3Addresses(ranges=tuple(ranges), reserved=tuple(merged), gateways=frozenset(ip_to_int(r.gateway) for r in ranges))
+
+
+class _Hints:
+    """Per L3 network, an address below which this process knows nothing is free (so the
+    search for the lowest free address starts there instead of at the bottom of the range).
+
+    Only ever a starting point: the unique key decides who gets an address, and an L3 network
+    that looks full from the hint is searched again from the bottom, so a hint that is too high
+    (addresses freed by another process) costs the *lowest* choice, never an address or a
+    refusal. Lowered when this process releases an address; forgotten when the ranges or
+    reservations change. Guarded by a lock: PostgreSQL runs several database threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hints: dict[tuple[int, str], tuple[Any, int]] = {}
+        self._generation: dict[tuple[int, str], int] = {}
+
+    @staticmethod
+    def _key(l3_uuid: str) -> tuple[int, str]:
+        from .models import real_database
+
+        return id(real_database()), l3_uuid
+
+    def get(self, l3_uuid: str, addrs: L3Addresses) -> tuple[int | None, int]:
+        key = self._key(l3_uuid)
+        with self._lock:
+            generation = self._generation.get(key, 0)
+            found = self._hints.get(key)
+            if found is None or found[0] != (addrs.ranges, addrs.reserved):
+                return None, generation
+            return found[1], generation
+
+    def advance(self, l3_uuid: str, addrs: L3Addresses, value: int, generation: int) -> None:
+        """Everything below ``value`` was seen taken, by a search that started under ``generation``."""
+        key = self._key(l3_uuid)
+        with self._lock:
+            if self._generation.get(key, 0) == generation:  # no release since the search began
+                self._hints[key] = ((addrs.ranges, addrs.reserved), value)
+
+    def lower(self, l3_uuid: str, value: int | None = None) -> None:
+        """``value`` was freed (None: forget the hint of ``l3_uuid``)."""
+        key = self._key(l3_uuid)
+        with self._lock:
+            self._generation[key] = self._generation.get(key, 0) + 1
+            found = self._hints.get(key)
+            if found is not None and (value is None or value < found[1]):
+                if value is None:
+                    del self._hints[key]
+                else:
+                    self._hints[key] = (found[0], value)
+
+
+HINTS = _Hints()
+
+
+def lowest_free_sync(l3_uuid: str, addrs: L3Addresses, count: int = 1, also_excluded: Iterable[int] = (),
+                     start: int | None = None) -> list[int]:
+    """Up to ``count`` lowest free addresses of ``l3_uuid`` (ascending; >= ``start`` if given),
+    database thread.
+
+    Walks the used addresses upwards in index order from where this process last found the
+    lowest free one, so the cost is the gap it has to skip, not the number of addresses in
+    use. Falls back to a walk from the bottom when the hinted walk finds too few.
+    """
+    skip = set(also_excluded)
+    hint, generation = (None, 0) if start is not None else HINTS.get(l3_uuid, addrs)
+    found = _walk(l3_uuid, addrs, count, skip, hint if hint is not None else start)
+    if len(found) < count and hint is not None:
+        found = _walk(l3_uuid, addrs, count, skip, None)  # freed below the hint by someone else
+    if found and start is None:
+        HINTS.advance(l3_uuid, addrs, found[0], generation)
+    return found
+
+
+def _walk(l3_uuid: str, addrs: L3Addresses, count: int, skip: set[int], start: int | None) -> list[int]:
+    out: list[int] = []
+    if not addrs.ranges:
+        return out
+    cursor = addrs.next_candidate(addrs.ranges[0].start_int if start is None else start)
+    while cursor is not None and len(out) < count:
+        used = [v for (v,) in _USED_FROM.run(l3=l3_uuid, from_int=cursor, limit_int=WALK_BATCH)]
+        complete = len(used) < WALK_BATCH  # every used address >= cursor is in ``used``
+        i = 0
+        while cursor is not None and len(out) < count:
+            while i < len(used) and used[i] < cursor:
+                i += 1
+            if i == len(used) and not complete:
+                break  # past this batch: fetch the next one from ``cursor``
+            if i < len(used) and used[i] == cursor:
+                i += 1
+            elif cursor not in skip:
+                out.append(cursor)
+            cursor = addrs.next_candidate(cursor + 1)
+    return out
+
+
+def is_used_sync(l3_uuid: str, value: int) -> bool:
+    return bool(list(_USED_ONE.run(l3=l3_uuid, ip_int=value)))
+
+
+def free_count_at_least_sync(l3_uuid: str, addrs: L3Addresses, wanted: int) -> int:
+    """How many free addresses ``l3_uuid`` has, counted only up to ``wanted`` (database thread)."""
+    return len(lowest_free_sync(l3_uuid, addrs, wanted))
+
+
+def _random_free_sync(l3_uuid: str, addrs: L3Addresses, rng: random.Random, skip: set[int]) -> int | None:
+    """A uniformly random free address by rejection sampling: draw addresses of the ranges at
+    random, one statement tells which are used, the first draw that is free wins (uniform over
+    the free addresses). None when every draw was taken (a nearly full network): the caller
+    then lists the free space instead."""
+    from .models import UsedIpVO
+
+    size = addrs.size
+    if size == 0:
+        return None
+    draws = [addrs.nth(rng.randrange(size)) for _ in range(RANDOM_DRAWS)]
+    draws = [d for d in draws if d not in skip and not addrs.excluded(d)]
+    if not draws:
+        return None
+    used = {v for (v,) in UsedIpVO.select(UsedIpVO.ip_int).where(
+        (UsedIpVO.l3_network_uuid == l3_uuid) & UsedIpVO.ip_int.in_(sorted(set(draws)))).tuples()}
+    return next((d for d in draws if d not in used), None)
+
+
+RANDOM_DRAWS = 16
+
+
 def allocate_ip_sync(l3_uuid: str, strategy: IpAllocationStrategy, requested: str | None = None,
                      vm_nic_uuid: str | None = None) -> Allocation:
     """Take an address of ``l3_uuid``: ``requested`` if given, else one ``strategy`` chooses.
@@ -296,6 +547,9 @@ def allocate_ip_sync(l3_uuid: str, strategy: IpAllocationStrategy, requested: st
     Runs in a database thread, inside the caller's write transaction. Raises ``L3.1002`` when
     nothing is free, ``L3.1003`` when ``requested`` is in no range, ``L3.1004`` when it is used,
     reserved or the gateway.
+
+    ``FirstAvailable`` and ``Random`` choose with a few index lookups (:func:`lowest_free_sync`,
+    random draws); any other strategy is handed the whole free space (:func:`free_space_sync`).
     """
     from .models import UsedIpVO
 
@@ -304,33 +558,46 @@ def allocate_ip_sync(l3_uuid: str, strategy: IpAllocationStrategy, requested: st
     clashed: set[int] = set()
     for attempt in itertools.count(1):
         # A fresh view each time: after a clash it includes the address the other side took.
-        space, ranges, used = free_space_sync(l3_uuid, also_excluded=clashed)
-        if not ranges:
+        addrs = load_addresses_sync(l3_uuid)
+        if not addrs.ranges:
             raise L3Errors.exc("1002", f"L3 network {l3_uuid} has no IP range")
         if requested is not None:
             value = ip_to_int(requested)
-            if any(ip_to_int(r.gateway) == value for r in ranges):
+            if value in addrs.gateways:
                 raise L3Errors.exc("1004", f"{requested} is the gateway of L3 network {l3_uuid}")
-            if not any(r.start_int <= value <= r.end_int for r in ranges):
+            if addrs.range_of(value) is None:
                 raise L3Errors.exc("1003", f"{requested} is in no IP range of L3 network {l3_uuid}")
-            if value not in space:
-                raise L3Errors.exc("1004", f"{requested} is in use, reserved or the gateway of L3 network {l3_uuid}")
-        else:
-            choice = strategy.choose(space, used)
-            if choice is None:
+            if addrs.reserved_span(value) is not None:
+                raise L3Errors.exc("1004", f"{requested} is reserved in L3 network {l3_uuid}")
+            # Whether it is used, the unique key says at the insert below.
+        elif isinstance(strategy, FirstAvailable):
+            lowest = lowest_free_sync(l3_uuid, addrs, 1, clashed)
+            if not lowest:
                 raise L3Errors.exc("1002", f"L3 network {l3_uuid} has no free IP address")
-            if choice not in space:
-                raise L3Errors.exc("1000", f"strategy {strategy.name} chose {int_to_ip(choice)}, which is not free")
+            value = lowest[0]
+        else:
+            choice = _random_free_sync(l3_uuid, addrs, strategy._rng, clashed) if isinstance(strategy, Random) else None
+            if choice is None:
+                space, _, used = free_space_sync(l3_uuid, also_excluded=clashed)
+                choice = strategy.choose(space, used)
+                if choice is None:
+                    raise L3Errors.exc("1002", f"L3 network {l3_uuid} has no free IP address")
+                if choice not in space:
+                    raise L3Errors.exc("1000", f"strategy {strategy.name} chose {int_to_ip(choice)}, which is not free")
             value = choice
-        rng = next(r for r in ranges if r.start_int <= value <= r.end_int)
+        rng = addrs.range_of(value)
+        assert rng is not None
         row_uuid = new_uuid()
         try:
             with UsedIpVO._meta.database.atomic():  # a savepoint: a clash undoes only this insert
-                UsedIpVO.insert(uuid=row_uuid, l3_network_uuid=l3_uuid, ip_range_uuid=rng.uuid, ip=int_to_ip(value),
-                                ip_int=value, vm_nic_uuid=vm_nic_uuid).execute()
+                now = utcnow()
+                _INSERT_USED.run(uuid=row_uuid, now=now, l3=l3_uuid, range=rng.uuid, ip=int_to_ip(value), ip_int=value,
+                                 nic=vm_nic_uuid)
         except peewee.IntegrityError:
             if requested is not None:
-                raise L3Errors.exc("1004", f"{requested} was just taken by another allocation") from None
+                if is_used_sync(l3_uuid, value):
+                    raise L3Errors.exc("1004", f"{requested} is in use in L3 network {l3_uuid}") from None
+                raise
             log.info("address %s of L3 %s was taken concurrently (attempt %d); retrying", int_to_ip(value),
                      l3_uuid, attempt)
             STATS["clashes"] += 1

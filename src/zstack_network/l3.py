@@ -16,6 +16,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from zstack_core.errors import SysErrors, invalid_argument
 from zstack_core.header import IpRangeInventory, L3NetworkInventory
 from zstack_core.ownership import disown_sync, own_sync
@@ -44,6 +46,7 @@ from .errors import L3Errors
 from .inventories import FreeIpInventory, ReservedIpRangeInventory
 from .ipam import ParsedRange, free_space_sync, int_to_ip, ip_to_int, parse_ip, parse_range, range_of_cidr
 from .l2 import check_resource_uuid
+from .prepared import Prepared
 from .models import (
     IpRangeVO,
     L2NetworkVO,
@@ -68,19 +71,32 @@ _DOMAIN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 MAX_FREE_IPS = 10_000
 
 
+_RANGE_FIELDS = [a.name for a in attrs.fields(IpRangeInventory)]
+_DNS_OF_ONE = Prepared(lambda p: L3NetworkDnsVO.select(L3NetworkDnsVO.dns).where(L3NetworkDnsVO.l3_network_uuid == p.l3)
+                       .order_by(L3NetworkDnsVO.position, L3NetworkDnsVO.id))
+_RANGES_OF_ONE = Prepared(lambda p: IpRangeVO.select(*[getattr(IpRangeVO, f) for f in _RANGE_FIELDS])
+                          .where(IpRangeVO.l3_network_uuid == p.l3).order_by(IpRangeVO.start_int))
+
+
 def l3_inventories(rows: list[L3NetworkVO]) -> list[L3NetworkInventory]:
     """Rows as inventories with DNS servers and IP ranges (database thread; two queries)."""
     if not rows:
         return []
     uuids = [r.uuid for r in rows]
     dns: dict[str, list[str]] = {u: [] for u in uuids}
-    for l3_uuid, server in (L3NetworkDnsVO.select(L3NetworkDnsVO.l3_network_uuid, L3NetworkDnsVO.dns)
-                            .where(L3NetworkDnsVO.l3_network_uuid.in_(uuids))
-                            .order_by(L3NetworkDnsVO.position, L3NetworkDnsVO.id).tuples()):
-        dns[l3_uuid].append(server)
     ranges: dict[str, list[IpRangeInventory]] = {u: [] for u in uuids}
-    for r in IpRangeVO.select().where(IpRangeVO.l3_network_uuid.in_(uuids)).order_by(IpRangeVO.start_int):
-        ranges[r.l3_network_uuid].append(r.to_inventory())
+    if len(uuids) == 1:  # compute's create check asks for one L3 network per VM create
+        for (server,) in _DNS_OF_ONE.run(l3=uuids[0]):
+            dns[uuids[0]].append(server)
+        for values in _RANGES_OF_ONE.run(l3=uuids[0]):
+            ranges[uuids[0]].append(IpRangeInventory(**dict(zip(_RANGE_FIELDS, values))))
+    else:
+        for l3_uuid, server in (L3NetworkDnsVO.select(L3NetworkDnsVO.l3_network_uuid, L3NetworkDnsVO.dns)
+                                .where(L3NetworkDnsVO.l3_network_uuid.in_(uuids))
+                                .order_by(L3NetworkDnsVO.position, L3NetworkDnsVO.id).tuples()):
+            dns[l3_uuid].append(server)
+        for r in IpRangeVO.select().where(IpRangeVO.l3_network_uuid.in_(uuids)).order_by(IpRangeVO.start_int):
+            ranges[r.l3_network_uuid].append(r.to_inventory())
     return [L3NetworkInventory(uuid=r.uuid, name=r.name, l2_network_uuid=r.l2_network_uuid, zone_uuid=r.zone_uuid,
                                dns=dns[r.uuid], dns_domain=r.dns_domain, enable_dhcp=r.enable_dhcp,
                                description=r.description, type=r.type, state=r.state,

@@ -262,6 +262,12 @@ MODELS: list[type[BaseModel]] = [
 REGISTRATION = ModelRegistration(name=SCHEMA, models=MODELS)
 
 
+def real_database() -> peewee.Database:
+    """The database the models are bound to now (behind the proxy)."""
+    db = L2NetworkVO._meta.database
+    return db.obj if isinstance(db, peewee.DatabaseProxy) else db
+
+
 @contextlib.contextmanager
 def write_transaction() -> Iterator[None]:
     """A transaction that writes (database thread only).

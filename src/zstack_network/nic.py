@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import peewee
 
-from zstack_core.db import new_uuid
+from zstack_core.db import new_uuid, utcnow
 from zstack_core.errors import SysErrors
 from zstack_core.header import HostInventory, L2NetworkInventory, NicTO, VmNicInventory
 from zstack_core.header.backends import IpAllocationStrategy
@@ -33,7 +33,9 @@ from zstack_core.ownership import disown_sync, own_sync
 from zstack_core.service import handles
 
 from . import hosts
-from .ipam import allocate_ip_sync, parse_ip
+from .dhcp import DhcpHost, hostname_of
+from .ipam import HINTS, allocate_ip_sync, ip_to_int, parse_ip
+from .prepared import Prepared
 from .models import L2NetworkVO, L3NetworkVO, UsedIpVO, VmNicSecurityGroupRefVO, VmNicVO, write_transaction
 
 __all__ = [
@@ -66,12 +68,26 @@ def _l3(l3_uuid: str) -> L3NetworkVO:
     return row
 
 
-def create_nic_sync(vm_uuid: str, l3_uuid: str, device_id: int, account_uuid: str | None) -> VmNicInventory:
+_INSERT_NIC = Prepared(lambda p: VmNicVO.insert(
+    uuid=p.uuid, created_at=p.now, updated_at=p.now, vm_instance_uuid=p.vm, l3_network_uuid=p.l3, mac=p.mac,
+    device_id=p.device_int, internal_name=p.name))
+_SET_NIC_IP = Prepared(lambda p: VmNicVO.update(used_ip_uuid=p.used, ip=p.ip, netmask=p.netmask, gateway=p.gateway)
+                       .where((VmNicVO.uuid == p.nic) & VmNicVO.used_ip_uuid.is_null()))
+
+
+def create_nic_sync(vm_uuid: str, l3_uuid: str, device_id: int, account_uuid: str | None,
+                    taken: set[int] | None = None) -> VmNicInventory:
     """A NIC of ``vm_uuid`` on ``l3_uuid`` with a fresh MAC and no address yet (database thread,
     in the caller's write transaction). ``device_id`` is kept if free on the VM, else the lowest
-    free one is used."""
-    _l3(l3_uuid)
-    taken = {d for (d,) in VmNicVO.select(VmNicVO.device_id).where(VmNicVO.vm_instance_uuid == vm_uuid).tuples()}
+    free one is used.
+
+    ``taken``: the device ids the VM's NICs have, when the caller knows them (a VM being created
+    has only the NICs its create made, and the create check saw the L3 network): then neither
+    the L3 network nor the VM's NICs are read again; the foreign key still refuses an L3 network
+    that is gone."""
+    if taken is None:
+        _l3(l3_uuid)
+        taken = {d for (d,) in VmNicVO.select(VmNicVO.device_id).where(VmNicVO.vm_instance_uuid == vm_uuid).tuples()}
     if device_id in taken or device_id < 0:
         device_id = next(i for i in range(len(taken) + 1) if i not in taken)
     internal_name = f"zs{vm_uuid[:8]}.{device_id}"[:15]
@@ -79,8 +95,9 @@ def create_nic_sync(vm_uuid: str, l3_uuid: str, device_id: int, account_uuid: st
         uuid, mac = new_uuid(), new_mac()
         try:
             with VmNicVO._meta.database.atomic():  # a savepoint: a clashing MAC undoes only this insert
-                VmNicVO.insert(uuid=uuid, vm_instance_uuid=vm_uuid, l3_network_uuid=l3_uuid, mac=mac,
-                               device_id=device_id, internal_name=internal_name).execute()
+                now = utcnow()
+                _INSERT_NIC.run(uuid=uuid, now=now, vm=vm_uuid, l3=l3_uuid, mac=mac, device_int=device_id,
+                                name=internal_name)
         except peewee.IntegrityError:
             if not VmNicVO.select().where(VmNicVO.mac == mac).exists():
                 raise  # not the MAC: let the caller see the real constraint
@@ -92,21 +109,34 @@ def create_nic_sync(vm_uuid: str, l3_uuid: str, device_id: int, account_uuid: st
     raise SysErrors.exc("1015", f"no unique MAC address after {MAC_ATTEMPTS} draws")
 
 
-def assign_ip_sync(nic_uuid: str, strategy: IpAllocationStrategy, requested: str | None) -> VmNicInventory:
-    """Give the NIC an address of its L3 network (database thread, caller's write transaction)."""
-    nic = VmNicVO.get_or_none(VmNicVO.uuid == nic_uuid)
-    if nic is None:
-        raise SysErrors.exc("1004", f"no VM NIC {nic_uuid}")
-    if nic.used_ip_uuid:
-        return nic.to_inventory()  # type: ignore[no-any-return]
-    got = allocate_ip_sync(nic.l3_network_uuid, strategy, requested, vm_nic_uuid=nic_uuid)
-    VmNicVO.update(used_ip_uuid=got.used_ip_uuid, ip=got.ip, netmask=got.netmask, gateway=got.gateway).where(
-        VmNicVO.uuid == nic_uuid).execute()
-    return attrs.evolve(nic.to_inventory(), ip=got.ip, netmask=got.netmask, gateway=got.gateway)
+def assign_ip_sync(nic_uuid: str, strategy: IpAllocationStrategy, requested: str | None,
+                   fresh: VmNicInventory | None = None) -> VmNicInventory:
+    """Give the NIC an address of its L3 network (database thread, caller's write transaction).
+
+    ``fresh``: the NIC as its creator returned it, without an address (the create flow made it
+    a moment ago in this VM's serialized create), so it is not read again."""
+    if fresh is not None and fresh.uuid == nic_uuid and fresh.ip is None:
+        inv = fresh
+    else:
+        nic = VmNicVO.get_or_none(VmNicVO.uuid == nic_uuid)
+        if nic is None:
+            raise SysErrors.exc("1004", f"no VM NIC {nic_uuid}")
+        if nic.used_ip_uuid:
+            return nic.to_inventory()  # type: ignore[no-any-return]
+        inv = nic.to_inventory()
+    got = allocate_ip_sync(inv.l3_network_uuid, strategy, requested, vm_nic_uuid=nic_uuid)
+    updated = _SET_NIC_IP.run(used=got.used_ip_uuid, ip=got.ip, netmask=got.netmask, gateway=got.gateway,
+                              nic=nic_uuid).rowcount
+    if not updated:  # the NIC is gone, or got an address meanwhile: the transaction takes ours back
+        raise SysErrors.exc("1004", f"VM NIC {nic_uuid} is gone or already has an address")
+    return attrs.evolve(inv, ip=got.ip, netmask=got.netmask, gateway=got.gateway)
 
 
 def release_ip_sync(nic_uuid: str) -> None:
     """Return the NIC's address to its range; the NIC stays (flow rollback)."""
+    for l3_uuid, value in UsedIpVO.select(UsedIpVO.l3_network_uuid, UsedIpVO.ip_int).where(
+            UsedIpVO.vm_nic_uuid == nic_uuid).tuples():
+        HINTS.lower(l3_uuid, value)
     UsedIpVO.delete().where(UsedIpVO.vm_nic_uuid == nic_uuid).execute()
     VmNicVO.update(used_ip_uuid=None, ip=None, netmask=None, gateway=None).where(VmNicVO.uuid == nic_uuid).execute()
 
@@ -123,6 +153,8 @@ def release_nic_sync(nic_uuid: str) -> ReleasedNic | None:
         disown_sync(ref.uuid)
         ref.delete_instance()
     inv = nic.to_inventory()
+    if inv.ip is not None:
+        HINTS.lower(inv.l3_network_uuid, ip_to_int(inv.ip))
     UsedIpVO.delete().where(UsedIpVO.vm_nic_uuid == nic_uuid).execute()
     nic.delete_instance()
     disown_sync(nic_uuid)
@@ -162,6 +194,8 @@ class NicApi:
         def strategy(self, name: str) -> IpAllocationStrategy: ...
         async def sync_dhcp(self, l3_uuid: str, host_uuids: Sequence[str] | None = None, strict: bool = False) -> None: ...
         async def prepare_host(self, host: HostInventory, l3_uuids: Sequence[str]) -> None: ...
+        async def update_dhcp_entries(self, l3_uuid: str, add: Sequence[DhcpHost] = (),
+                                      remove: Sequence[DhcpHost] = ()) -> None: ...
         async def reapply_groups(self, group_uuids: Iterable[str], also_vms: Iterable[str] = ()) -> Any: ...
 
     async def strategy_of(self, l3_uuid: str) -> IpAllocationStrategy:
@@ -170,21 +204,26 @@ class NicApi:
             raise SysErrors.exc("1004", f"no L3 network {l3_uuid}")
         return self.strategy(row.ip_allocation_strategy)
 
-    async def create_nic(self, vm_uuid: str, l3_uuid: str, device_id: int, account_uuid: str | None) -> VmNicInventory:
+    async def create_nic(self, vm_uuid: str, l3_uuid: str, device_id: int, account_uuid: str | None,
+                         taken: set[int] | None = None) -> VmNicInventory:
         def create() -> VmNicInventory:
             with write_transaction():
-                return create_nic_sync(vm_uuid, l3_uuid, device_id, account_uuid)
+                return create_nic_sync(vm_uuid, l3_uuid, device_id, account_uuid, taken)
 
         return await self.node.db.run(create)  # type: ignore[no-any-return]
 
-    async def assign_ip(self, nic: VmNicInventory, requested: str | None) -> VmNicInventory:
+    async def assign_ip(self, nic: VmNicInventory, requested: str | None, strategy_name: str | None = None,
+                        fresh: bool = False) -> VmNicInventory:
+        """Give ``nic`` an address. ``strategy_name``: its L3 network's strategy when the caller
+        read it already; ``fresh``: ``nic`` is as its creator returned it (not read again)."""
         if requested is not None:
             parse_ip(requested, "ip")
-        strategy = await self.strategy_of(nic.l3_network_uuid)
+        strategy = (self.strategy(strategy_name) if strategy_name is not None
+                    else await self.strategy_of(nic.l3_network_uuid))
 
         def assign() -> VmNicInventory:
             with write_transaction():
-                return assign_ip_sync(nic.uuid, strategy, requested)
+                return assign_ip_sync(nic.uuid, strategy, requested, nic if fresh else None)
 
         return await self.node.db.run(assign)  # type: ignore[no-any-return]
 
@@ -209,8 +248,13 @@ class NicApi:
                 return [r for r in (release_nic_sync(u) for u in nic_uuids) if r is not None]
 
         released = await self.node.db.run(release)
-        for l3_uuid in dict.fromkeys(r.nic.l3_network_uuid for r in released):
-            await self.sync_dhcp(l3_uuid)
+        entries: dict[str, list[DhcpHost]] = {}
+        for r in released:
+            if r.nic.ip is not None:
+                entries.setdefault(r.nic.l3_network_uuid, []).append(
+                    DhcpHost(mac=r.nic.mac, ip=r.nic.ip, name=hostname_of(r.nic.ip)))
+        for l3_uuid, gone in entries.items():
+            await self.update_dhcp_entries(l3_uuid, remove=gone)
         groups = {g for r in released for g in r.security_group_uuids}
         if groups:
             await self.reapply_groups(groups, {r.nic.vm_instance_uuid for r in released})
@@ -228,7 +272,9 @@ class NicApi:
             host = await hosts.host(self.node, vm.host_uuid) if vm is not None and vm.host_uuid else None
             if host is not None:
                 await self.prepare_host(host, [nic.l3_network_uuid])  # the bridge must exist before hot-plug
-            await self.sync_dhcp(nic.l3_network_uuid)
+            if nic.ip is not None:
+                await self.update_dhcp_entries(nic.l3_network_uuid,
+                                               add=[DhcpHost(mac=nic.mac, ip=nic.ip, name=hostname_of(nic.ip))])
             nic_to_ = (await self.node.db.run(nic_tos_sync, [nic]))[0]
         except BaseException:
             await self.release_nics([nic.uuid])

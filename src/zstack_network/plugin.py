@@ -46,7 +46,7 @@ from zstack_core.plugins import current_node
 from zstack_core.query import QueryableResource
 from zstack_core.tags import PatternedSystemTag
 
-from . import api, flows, hosts
+from . import api, flows, hosts, percreate
 from .consistency import CHECKS as CONSISTENCY_CHECKS
 from .dhcp import DhcpApi
 from .errors import L2Errors, L3Errors, SecurityGroupErrors
@@ -56,7 +56,7 @@ from .inventories import (
     SecurityGroupRuleInventory,
     VmNicSecurityGroupRefInventory,
 )
-from .ipam import FirstAvailable, Random, free_space_sync, ip_to_int, parse_ip
+from .ipam import FirstAvailable, Random, free_count_at_least_sync, ip_to_int, is_used_sync, load_addresses_sync, parse_ip
 from .l2 import L2Api, l2_inventories
 from .l3 import IP_ALLOCATION_STRATEGY_TAG, L3Api, l3_inventories
 from .models import (
@@ -74,7 +74,8 @@ from .models import (
     VmNicSecurityGroupRefVO,
     VmNicVO,
 )
-from .nic import NicApi, nic_tos_sync
+from .nic import NicApi, nic_to, nic_tos_sync
+from .percreate import L3Facts, load_l3_facts_sync
 from .security_group import SecurityGroupApi, security_group_inventories
 
 __all__ = ["L2Errors", "L3Errors", "NetworkService", "SecurityGroupErrors"]
@@ -103,39 +104,70 @@ class NetworkService(L2Api, L3Api, DhcpApi, NicApi, SecurityGroupApi, Service):
                 raise L3Errors.exc("1000", f"staticIp tag names L3 network {l3_uuid}, which the VM does not join")
         l3_uuids = list(dict.fromkeys(spec.l3_network_uuids))
 
-        def check() -> None:
-            rows = {r.uuid: r for r in L3NetworkVO.select().where(L3NetworkVO.uuid.in_(l3_uuids))}
+        def check() -> dict[str, L3Facts]:
+            facts = load_l3_facts_sync(l3_uuids)
             for l3_uuid in l3_uuids:
-                row = rows.get(l3_uuid)
+                row = facts.get(l3_uuid)
                 if row is None:
                     raise SysErrors.exc("1004", f"no L3 network {l3_uuid}")
                 if row.state != "Enabled":
                     raise L3Errors.exc("1000", f"L3 network {row.name} is {row.state}")
-                space, ranges, _ = free_space_sync(l3_uuid)
-                if not ranges:
+                addrs = load_addresses_sync(l3_uuid)
+                if not addrs.ranges:
                     raise L3Errors.exc("1011", f"L3 network {row.name} has no IP range; add one first")
                 wanted = sum(1 for u in spec.l3_network_uuids if u == l3_uuid)
                 if l3_uuid in static:
                     value = ip_to_int(static[l3_uuid])
-                    if value not in space:
+                    if addrs.excluded(value) or is_used_sync(l3_uuid, value):
                         raise L3Errors.exc("1004", f"{static[l3_uuid]} is not a free address of L3 network {row.name}")
-                elif len(space) < wanted:
-                    raise L3Errors.exc("1002", f"L3 network {row.name} has {len(space)} free address(es), "
-                                               f"the VM needs {wanted}")
+                else:
+                    free = free_count_at_least_sync(l3_uuid, addrs, wanted)
+                    if free < wanted:
+                        raise L3Errors.exc("1002", f"L3 network {row.name} has {free} free address(es), "
+                                                   f"the VM needs {wanted}")
+            return facts
 
-        await self.node.db.run(check)
+        facts = await self.node.db.run(check)
+        spec.extra[percreate.KEY] = percreate.CreateState(l3s=facts)
+
+    async def _spec_nics(self, spec: VmInstanceSpec) -> list[VmNicInventory]:
+        """The VM's NICs: carried by this create when its IP flow recorded them all, else read."""
+        state = percreate.state_of(spec)
+        if state is not None and state.nics_complete:
+            return list(spec.nics)
+        return await self.vm_nics(spec.vm.uuid)
+
+    async def prepare_spec_host(self, spec: VmInstanceSpec, host: HostInventory, nics: Sequence[VmNicInventory]) -> None:
+        """:meth:`prepare_host` for the VM's NICs, once per create and host (the create's
+        domain-devices and network-services hooks both ask for it)."""
+        l3_uuids = list(dict.fromkeys(n.l3_network_uuid for n in nics))
+        state = percreate.state_of(spec)
+        if state is None:
+            await self.prepare_host(host, l3_uuids)
+            return
+        key = (host.uuid, frozenset(l3_uuids))
+        if key in state.prepared:
+            return
+        l2_of = {u: state.l3s[u].l2 for u in l3_uuids if u in state.l3s}
+        await self.prepare_host(host, l3_uuids, l2_of)
+        state.prepared.add(key)
 
     async def domain_devices(self, spec: VmInstanceSpec) -> None:
-        nics = await self.vm_nics(spec.vm.uuid)
+        nics = await self._spec_nics(spec)
         if not nics:
             return
         host = spec.destination_host
         if host is None and spec.vm.host_uuid:
             host = await hosts.host(self.node, spec.vm.host_uuid)
         if host is not None:
-            await self.prepare_host(host, [n.l3_network_uuid for n in nics])
+            await self.prepare_spec_host(spec, host, nics)
         have = {t.nic_uuid for t in spec.nic_tos}
-        spec.nic_tos.extend(t for t in await self.node.db.run(nic_tos_sync, nics) if t.nic_uuid not in have)
+        state = percreate.state_of(spec)
+        if state is not None and all(n.l3_network_uuid in state.l3s for n in nics):
+            tos = [nic_to(n, state.l3s[n.l3_network_uuid].l2) for n in sorted(nics, key=lambda n: n.device_id)]
+        else:
+            tos = await self.node.db.run(nic_tos_sync, nics)
+        spec.nic_tos.extend(t for t in tos if t.nic_uuid not in have)
 
     async def release_vm(self, spec: VmInstanceSpec, reason: str) -> None:
         nic_uuids = [n.uuid for n in await self.vm_nics(spec.vm.uuid)]
@@ -235,7 +267,13 @@ class L2NetworkAttachedFilter(HostAllocatorFilter):
                 ok = attached if ok is None else ok & attached
             return ok
 
-        ok = await node.db.run(clusters)
+        state = percreate.state_of(spec)
+        if state is not None and all(u in state.l3s for u in l3_uuids):
+            ok: set[str] | None = None  # read by the create check moments ago
+            for l2 in {state.l3s[u].l2.uuid: state.l3s[u].l2 for u in l3_uuids}.values():
+                ok = set(l2.attached_cluster_uuids) if ok is None else ok & set(l2.attached_cluster_uuids)
+        else:
+            ok = await node.db.run(clusters)
         return candidates if ok is None else [h for h in candidates if h.cluster_uuid in ok]
 
 
@@ -340,7 +378,7 @@ async def zstack_network_services_apply(spec: VmInstanceSpec) -> None:
     if host is None and spec.vm.host_uuid:
         host = await hosts.host(service.node, spec.vm.host_uuid)
     if host is not None:
-        await service.prepare_host(host, [n.l3_network_uuid for n in await service.vm_nics(spec.vm.uuid)])
+        await service.prepare_spec_host(spec, host, await service._spec_nics(spec))
 
 
 @hookimpl

@@ -51,6 +51,7 @@ from .api import (
 from .errors import SecurityGroupErrors
 from .inventories import SecurityGroupInventory, SecurityGroupRuleInventory, VmNicSecurityGroupRefInventory
 from .l2 import check_resource_uuid
+from .prepared import Prepared
 from .models import (
     L3NetworkVO,
     SecurityGroupAppliedVO,
@@ -212,6 +213,24 @@ def affected_vms_sync(group_uuids: Iterable[str]) -> set[str]:
             .where(VmNicSecurityGroupRefVO.security_group_uuid.in_(list(groups | referencing))).distinct().tuples()}
 
 
+_INVOLVED_ONE = Prepared(lambda p: VmNicSecurityGroupRefVO.select(VmNicSecurityGroupRefVO.vm_instance_uuid)
+                         .where(VmNicSecurityGroupRefVO.vm_instance_uuid == p.vm)
+                         .union(SecurityGroupAppliedVO.select(SecurityGroupAppliedVO.vm_instance_uuid)
+                                .where(SecurityGroupAppliedVO.vm_instance_uuid == p.vm)))
+
+
+def involved_vms_sync(vm_uuids: Sequence[str]) -> list[str]:
+    """Those of ``vm_uuids`` with a NIC in a security group or rules applied somewhere (database
+    thread, one statement); for the others there is nothing to apply or clean."""
+    if len(vm_uuids) == 1:
+        return [v for (v,) in _INVOLVED_ONE.run(vm=vm_uuids[0])]
+    query = (VmNicSecurityGroupRefVO.select(VmNicSecurityGroupRefVO.vm_instance_uuid)
+             .where(VmNicSecurityGroupRefVO.vm_instance_uuid.in_(list(vm_uuids)))
+             .union(SecurityGroupAppliedVO.select(SecurityGroupAppliedVO.vm_instance_uuid)
+                    .where(SecurityGroupAppliedVO.vm_instance_uuid.in_(list(vm_uuids)))))
+    return sorted({v for (v,) in query.tuples()})
+
+
 @attrs.define(kw_only=True)
 class ApplyReport:
     """What one re-evaluation did, per VM UUID."""
@@ -242,9 +261,15 @@ class SecurityGroupApi:
                                               f"{hypervisor_type!r} (registered: {', '.join(known) or 'none'})")
 
     async def apply_vms(self, vm_uuids: Iterable[str], force: bool = False) -> ApplyReport:
-        """Bring the rules of ``vm_uuids`` on their hosts up to date; ``force`` ignores digests."""
+        """Bring the rules of ``vm_uuids`` on their hosts up to date; ``force`` ignores digests.
+        Without ``force``, VMs in no security group and without rules applied anywhere are
+        skipped (they appear in no list of the report)."""
         report = ApplyReport()
         wanted = sorted(set(vm_uuids))
+        if not force and wanted:
+            # Most VMs are in no security group and never had rules applied (every VM create
+            # passes here when it starts running): one statement finds the ones that matter.
+            wanted = await self.node.db.run(involved_vms_sync, wanted)
         if not wanted:
             return report
         vms = await hosts.vms(self.node, wanted)
