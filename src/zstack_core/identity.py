@@ -21,6 +21,13 @@
   random, so saying that one exists tells nothing a caller could guess. APIs registered with
   ``ApiRegistration(admin_only=True)`` are refused to ``Normal`` accounts outright.
   A field that holds a UUID but names no resource opts out with ``metadata={"resource": False}``.
+* **Session cache.** Every API call over HTTP presents its session; each node keeps the sessions
+  it has checked in memory (their account, type and expiry) instead of reading the database on
+  every request. Expiry is checked on every use. ``LogOut`` and ``DeleteAccount`` drop the
+  sessions they end from this node's cache at once and publish :class:`SessionsEndedEvent`,
+  which drops them on every other node of the cluster as soon as it arrives; should a peer miss
+  that event (unreachable for a moment), it re-reads a cached session from the database at the
+  latest ``identity.session_cache_ttl`` seconds (default 5) after it last did.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +53,7 @@ from .api import ApiInterceptor, ApiRegistration
 from .db import BaseModel, ModelRegistration, ResourceModel, new_uuid, utcnow
 from .errors import ErrorCodeSpace, SysErrors, invalid_argument
 from .globalconfig import GlobalConfig, Range
-from .messages import APIEvent, APIMessage, APIReply
+from .messages import APIEvent, APIMessage, APIReply, Event
 from .ownership import ADMIN_ACCOUNT_UUID, AccountResourceRefVO, disown_sync, own_sync
 from .properties import GlobalProperty
 from .query import APIQueryMessage, QueryableResource
@@ -65,6 +73,7 @@ __all__ = [
     "SessionInterceptor",
     "SessionInventory",
     "SessionVO",
+    "SessionsEndedEvent",
     "SharedResourceVO",
     "hash_password",
     "verify_password",
@@ -165,6 +174,15 @@ class SessionVO(BaseModel):
     def to_inventory(self) -> SessionInventory:
         return SessionInventory(uuid=self.uuid, account_uuid=self.account_uuid,
                                 expired_date=self.expires_at.isoformat() + "Z")
+
+
+@attrs.define(kw_only=True)
+class SessionsEndedEvent(Event):
+    """Sessions that ended before their expiry (``LogOut``; every session of a deleted account):
+    each node drops them from its session cache. ``account_uuid``: all of that account's."""
+
+    session_uuids: list[str] = attrs.field(factory=list)
+    account_uuid: str | None = None
 
 
 class SharedResourceVO(BaseModel):
@@ -305,6 +323,17 @@ class IdentityService(Service):
     id = "identity"
     start_order = 0
 
+    SESSION_CACHE_MAX = 100_000
+    """Sessions kept in the cache at most (the oldest checked go first)."""
+    session_clock = staticmethod(time.monotonic)
+    """The clock the session cache's time-to-live is measured on (tests move it on)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sessions: dict[str, tuple[Caller, datetime.datetime, float]] = {}
+        """session uuid -> (caller, expires_at, monotonic time it was read from the database)."""
+        self._unsubscribe: Any = None
+
     async def start(self) -> None:
         created_password = await self.node.db.atomic(self._ensure_admin_sync)
         if created_password is not None:
@@ -312,6 +341,32 @@ class IdentityService(Service):
             print("zstack: created the admin account; its generated password is: " + created_password,
                   file=sys.stderr, flush=True)
         self.node.query.scopes.append(ownership_scope)
+        self._unsubscribe = self.node.bus.subscribe(SessionsEndedEvent, self._sessions_ended)
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._sessions.clear()
+
+    def _cache_ttl(self) -> float:
+        return float(self.node.properties.get("identity.session_cache_ttl", 5.0) or 0.0)
+
+    def _sessions_ended(self, event: SessionsEndedEvent) -> None:
+        self.forget_sessions(event.session_uuids, event.account_uuid)
+
+    def forget_sessions(self, session_uuids: Sequence[str] = (), account_uuid: str | None = None) -> None:
+        """Drop sessions from this node's cache (``account_uuid``: every session of it)."""
+        for uuid in session_uuids:
+            self._sessions.pop(uuid, None)
+        if account_uuid is not None:
+            for uuid in [u for u, (c, _, _) in self._sessions.items() if c.account_uuid == account_uuid]:
+                self._sessions.pop(uuid, None)
+
+    def _sessions_end(self, session_uuids: Sequence[str] = (), account_uuid: str | None = None) -> None:
+        """Sessions ended here: out of this node's cache now, and of every peer's."""
+        self.forget_sessions(session_uuids, account_uuid)
+        self.node.bus.publish(SessionsEndedEvent(session_uuids=list(session_uuids), account_uuid=account_uuid))
 
     def _admin_password(self) -> tuple[str, bool]:
         password = os.environ.get("ZSTACK_ADMIN_PASSWORD") or self.node.properties.get("identity.admin_password")
@@ -336,9 +391,16 @@ class IdentityService(Service):
     # -- sessions ---------------------------------------------------------------------------
 
     async def resolve(self, session_uuid: str) -> Caller:
-        """The account of a valid session, or ``SYS.1013``."""
+        """The account of a valid session, or ``SYS.1013``; from the session cache when this
+        node checked the session less than ``identity.session_cache_ttl`` seconds ago."""
+        cached = self._sessions.get(session_uuid) if isinstance(session_uuid, str) else None
+        if cached is not None:
+            caller, expires_at, read_at = cached
+            if expires_at > utcnow() and self.session_clock() - read_at < self._cache_ttl():
+                return caller
+            self._sessions.pop(session_uuid, None)
 
-        def find() -> tuple[str, str] | None:
+        def find() -> tuple[str, str, datetime.datetime] | None:
             row = (SessionVO.select(SessionVO.account_uuid, SessionVO.expires_at, AccountVO.type)
                    .join(AccountVO, on=(SessionVO.account_uuid == AccountVO.uuid))
                    .where(SessionVO.uuid == session_uuid).tuples().first())
@@ -348,12 +410,20 @@ class IdentityService(Service):
             if expires_at <= utcnow():
                 SessionVO.delete().where(SessionVO.uuid == session_uuid).execute()
                 return None
-            return account_uuid, account_type
+            return account_uuid, account_type, expires_at
 
+        read_at = self.session_clock()
         found = await self.node.db.run(find) if isinstance(session_uuid, str) and len(session_uuid) <= 64 else None
         if found is None:
             raise SysErrors.exc("1013", "the session is invalid or expired: log in again (LogInByAccount)")
-        return Caller(*found)
+        caller = Caller(found[0], found[1])
+        if self._cache_ttl() > 0:
+            if len(self._sessions) >= self.SESSION_CACHE_MAX:
+                self._sessions.pop(next(iter(self._sessions)))
+            # ``read_at`` is taken before the read: a logout whose event arrived while the read
+            # ran cannot be older than what is cached (the TTL counts from before the read).
+            self._sessions[session_uuid] = (caller, found[2], read_at)
+        return caller
 
     @handles(APILogInByAccountMsg)
     async def login(self, msg: APILogInByAccountMsg) -> APILogInReply:
@@ -387,6 +457,10 @@ class IdentityService(Service):
             q.execute()
 
         await self.node.db.run(end)
+        if target:
+            # Only a session the caller may end leaves the caches: ``end`` deleted nothing
+            # otherwise, and dropping a cache entry is harmless (the next use reads the row).
+            self._sessions_end([target])
         return APIEvent()
 
     @handles(APIValidateSessionMsg)
@@ -473,6 +547,7 @@ class IdentityService(Service):
             disown_sync(msg.uuid)
 
         await self.node.db.atomic(delete)
+        self._sessions_end(account_uuid=msg.uuid)
         return APIEvent()
 
     # -- sharing ----------------------------------------------------------------------------
@@ -670,6 +745,10 @@ GLOBAL_PROPERTIES = [
     GlobalProperty(section="identity", name="admin_password", default=None,
                    description="password of the admin account created at first start "
                                "(ZSTACK_ADMIN_PASSWORD wins; generated and printed once if neither is set)"),
+    GlobalProperty(section="identity", name="session_cache_ttl", type="float", default=5.0,
+                   description="seconds a node trusts a session it read from the database before reading it "
+                               "again (0: no cache); logout and account deletion reach every node's cache at "
+                               "once, this bounds how long a node that missed that news accepts the session"),
 ]
 
 

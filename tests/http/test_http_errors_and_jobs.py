@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import time
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -121,13 +123,34 @@ def test_bad_input_answers_4xx_with_an_error_code(server: Any) -> None:
     assert r.json()["inventories"] == [w]
 
 
-def test_expired_session_is_refused(server: Any) -> None:
+def test_expired_session_is_refused(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session past its expiry is refused, also one the node has cached (the cache keeps the
+    session's expiry and checks it on every use). The node's clock is moved past the expiry."""
+    from zstack_core import identity
     from zstack_core.identity import SessionVO
 
     account, session = server.new_account("expiring")
-    assert server.request("GET", "/v1/widgets", session).status_code == 200
+    assert server.request("GET", "/v1/widgets", session).status_code == 200  # now cached
+    expires = server.sync.run(server.node.db.run(lambda: SessionVO.get(SessionVO.uuid == session).expires_at))
+    monkeypatch.setattr(identity, "utcnow", lambda: expires + datetime.timedelta(seconds=1))
+    expect(server.request("GET", "/v1/widgets", session), 401, "SYS.1013", "expired")
+
+
+def test_session_expired_behind_the_nodes_back_is_refused_after_the_cache_ttl(
+        server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session row changed in the database by something other than this node (another node
+    of the cluster that could not tell this one) is read again once its cache entry is
+    ``identity.session_cache_ttl`` seconds old: the cache's clock is moved on past it."""
+    from zstack_core.identity import SessionVO
+
+    account, session = server.new_account("expiring")
+    assert server.request("GET", "/v1/widgets", session).status_code == 200  # now cached
     server.sync.run(server.node.db.run(lambda: SessionVO.update(expires_at=SessionVO.created_at)
                                        .where(SessionVO.uuid == session).execute()))
+    identity_service = server.node.services["identity"]
+    ttl = float(server.node.properties["identity.session_cache_ttl"])
+    assert ttl > 0
+    monkeypatch.setattr(identity_service, "session_clock", lambda: time.monotonic() + ttl + 1)
     expect(server.request("GET", "/v1/widgets", session), 401, "SYS.1013", "expired")
 
 

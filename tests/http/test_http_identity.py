@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,47 @@ def test_logout_ends_the_session(server: Any) -> None:
     assert server.request("DELETE", "/v1/accounts/sessions", session).status_code == 200
     assert server.request("GET", "/v1/widgets", session).status_code == 401
     assert server.request("GET", f"/v1/accounts/sessions/{session}/valid").json()["valid"] is False
+
+
+def test_logout_refuses_a_cached_session_at_once(server: Any) -> None:
+    """The node caches sessions it checked; logging out drops the session from the cache, so
+    the very next request with it is refused (no time-to-live to wait out)."""
+    _, session = server.new_account("cached")
+    for _ in range(3):  # the first reads the database and caches it, the others use the cache
+        assert server.request("GET", "/v1/widgets", session).status_code == 200
+    assert server.request("DELETE", "/v1/accounts/sessions", session).status_code == 200
+    r = server.request("GET", "/v1/widgets", session)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "SYS.1013"
+
+
+def test_deleting_an_account_refuses_its_cached_sessions_at_once(server: Any) -> None:
+    name = f"doomed-{uuid.uuid4().hex[:8]}"
+    r = server.request("POST", "/v1/accounts", server.admin_session,
+                       json={"params": {"name": name, "password": "password-" + name}})
+    assert r.status_code == 200, r.text
+    account = r.json()["inventory"]["uuid"]
+    first, second = server.login(name, "password-" + name), server.login(name, "password-" + name)
+    for session in (first, second):
+        assert server.request("GET", "/v1/widgets", session).status_code == 200  # cached
+    assert server.request("DELETE", f"/v1/accounts/{account}", server.admin_session).status_code == 200
+    for session in (first, second):
+        r = server.request("GET", "/v1/widgets", session)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "SYS.1013"
+    assert server.request("GET", "/v1/widgets", server.admin_session).status_code == 200  # others unaffected
+
+
+def test_a_session_ended_on_another_node_is_dropped_when_its_event_arrives(server: Any) -> None:
+    """Another node of the cluster ends a session (its row is gone) and publishes
+    ``SessionsEndedEvent``; arriving here (as the cluster delivers peers' events: to local
+    subscribers only), it drops the session from this node's cache at once."""
+    from zstack_core.identity import SessionsEndedEvent, SessionVO
+
+    _, session = server.new_account("elsewhere")
+    assert server.request("GET", "/v1/widgets", session).status_code == 200  # cached
+    server.sync.run(server.node.db.run(lambda: SessionVO.delete().where(SessionVO.uuid == session).execute()))
+    server.node.bus.publish(SessionsEndedEvent(session_uuids=[session]), local_only=True)
+    r = server.request("GET", "/v1/widgets", session)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "SYS.1013"
 
 
 def test_accounts_admin_only_and_self_update(server: Any) -> None:
