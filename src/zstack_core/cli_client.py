@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import ErrorCode
-from .http.schema import coerce_text
 
 if TYPE_CHECKING:
     from .sdk import Client
@@ -219,6 +218,10 @@ def parse_assignments(pairs: Sequence[str], fields: Mapping[str, Any]) -> dict[s
 
     Keys may be camelCase (as on the wire) or snake_case. Raises ``ValueError`` on bad input.
     """
+    # Here, not at the top: `zstack node start` builds the parser of these commands, and the
+    # HTTP package (starlette, uvicorn) is not needed before the node is up.
+    from .http.schema import coerce_text
+
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
