@@ -42,12 +42,19 @@ def _epoch(value: datetime.datetime | None) -> float | None:
 class DatabaseJobStore(JobStore):
     """Jobs in the ``api_job`` table. A job running on this node is also kept in memory until it
     finishes, so the handler's progress reports and the final outcome update one object (a copy
-    read back from the database would lose the progress when the outcome is written)."""
+    read back from the database would lose the progress when the outcome is written).
+
+    The last :attr:`FINISHED_KEPT` jobs that finished here stay in memory too: a client polls
+    its job until it has finished, so the poll that sees the outcome would otherwise be a
+    database read per job. A finished job never changes again, so the copy cannot go stale."""
+
+    FINISHED_KEPT = 2000
 
     def __init__(self, db: Database, node_uuid: str | None = None) -> None:
         super().__init__()
         self.db = db
         self.node_uuid = node_uuid
+        self._finished: dict[str, ApiJob] = {}
 
     def _row(self, job: ApiJob) -> dict[str, object]:
         return {
@@ -76,9 +83,12 @@ class DatabaseJobStore(JobStore):
         await self.db.run(write)
         if job.state != "Running":
             self._jobs.pop(job.id, None)
+            self._finished[job.id] = job
+            while len(self._finished) > self.FINISHED_KEPT:
+                self._finished.pop(next(iter(self._finished)))
 
     async def get(self, job_id: str) -> ApiJob | None:
-        live = self._jobs.get(job_id)
+        live = self._jobs.get(job_id) or self._finished.get(job_id)
         if live is not None:
             return live
         row = await self.db.run(lambda: ApiJobVO.get_or_none(ApiJobVO.id == job_id))

@@ -83,3 +83,23 @@ async def test_jobs_left_running_by_a_dead_node_end_failed(db_url: str, data_dir
         assert job.finished_at is not None
         # and waiting for it answers at once instead of hanging
         assert (await node.api.wait_job(job_id, timeout=1)).state == "Failed"
+
+
+@every_backend
+async def test_finished_jobs_are_answered_from_memory_then_from_the_database(db_url: str, data_dir: Path) -> None:
+    """The jobs that finished last on this node are kept in memory (the poll that sees a job's
+    outcome reads no row); older ones are read back from the database, the same."""
+    async with new_node(db_url, data_dir, LabPlugin()) as node:
+        store = node.api.jobs
+        store.FINISHED_KEPT = 1  # type: ignore[attr-defined]
+        first = await node.submit_api(node.api.build("BakeCake", {"flavour": "lemon"}))
+        assert isinstance(first, ApiJob)
+        await node.api.drain()  # its outcome recorded (the job reads finished a moment before)
+        assert await store.get(first.id) is first  # the finished job itself, not a row read back
+        second = await node.submit_api(node.api.build("BakeCake", {"flavour": "plum"}))
+        assert isinstance(second, ApiJob)
+        await node.api.drain()
+        again = await store.get(first.id)  # pushed out by the second: from the database
+        assert again is not None and again is not first
+        assert (again.state, again.progress, again.result) == ("Succeeded", 100, first.result)
+        assert await store.get(second.id) is second
