@@ -266,6 +266,7 @@ class Database:
         """
         database_proxy.initialize(self.db)
         done: dict[str, tuple[int, int]] = {}
+        existing: set[str] | None = None
         with self.db.connection_context() if self.db.is_closed() else _nullcontext(), self._schema_lock():
             self.db.create_tables([SchemaVersion], safe=True)
             for reg in registrations:
@@ -277,7 +278,14 @@ class Database:
                         f"the database schema of {reg.name!r} is at version {current}, newer than this "
                         f"node's {target}: upgrade the {reg.name} plugin before starting this node")
                 if current == target:
-                    self.db.create_tables(list(reg.models), safe=True)  # a model added without a migration
+                    # A model added without a migration gets its table. The tables already there
+                    # are not asked for again: one query for the list instead of a CREATE ... IF
+                    # NOT EXISTS per table and index, most of a warm start's time in here.
+                    if existing is None:
+                        existing = set(self.db.get_tables())
+                    missing = [m for m in reg.models if m._meta.table_name not in existing]
+                    if missing:
+                        self.db.create_tables(missing, safe=True)
                     done[reg.name] = (current, current)
                     continue
                 step = "creating the tables" if current == 0 else "creating new tables"
