@@ -34,7 +34,7 @@ from zstack_core.errors import invalid_argument
 from zstack_core.header.backends import IpAllocationStrategy
 
 from .errors import L3Errors
-from .prepared import Markers, Prepared
+from .prepared import ClashInsert, Markers, Prepared
 
 __all__ = [
     "FirstAvailable",
@@ -389,7 +389,7 @@ def _insert_used(p: Markers) -> peewee.Query:
                            ip=p.ip, ip_int=p.ip_int, vm_nic_uuid=p.nic)
 
 
-_INSERT_USED = Prepared(_insert_used)
+_INSERT_USED = ClashInsert(_insert_used)
 _ADDRESSES = Prepared(_addresses_query)
 _USED_FROM = Prepared(_used_from_query)
 _USED_ONE = Prepared(_used_one_query)
@@ -551,8 +551,6 @@ def allocate_ip_sync(l3_uuid: str, strategy: IpAllocationStrategy, requested: st
     ``FirstAvailable`` and ``Random`` choose with a few index lookups (:func:`lowest_free_sync`,
     random draws); any other strategy is handed the whole free space (:func:`free_space_sync`).
     """
-    from .models import UsedIpVO
-
     # Each clash means another allocator committed that address, so it never comes back and the
     # free space shrinks every round: the loop ends, at worst with L3.1002 when all is taken.
     clashed: set[int] = set()
@@ -588,16 +586,11 @@ def allocate_ip_sync(l3_uuid: str, strategy: IpAllocationStrategy, requested: st
         rng = addrs.range_of(value)
         assert rng is not None
         row_uuid = new_uuid()
-        try:
-            with UsedIpVO._meta.database.atomic():  # a savepoint: a clash undoes only this insert
-                now = utcnow()
-                _INSERT_USED.run(uuid=row_uuid, now=now, l3=l3_uuid, range=rng.uuid, ip=int_to_ip(value), ip_int=value,
-                                 nic=vm_nic_uuid)
-        except peewee.IntegrityError:
+        # The unique key (l3_network_uuid, ip_int) decides: a clash inserts nothing.
+        if not _INSERT_USED.run(uuid=row_uuid, now=utcnow(), l3=l3_uuid, range=rng.uuid, ip=int_to_ip(value),
+                                ip_int=value, nic=vm_nic_uuid):
             if requested is not None:
-                if is_used_sync(l3_uuid, value):
-                    raise L3Errors.exc("1004", f"{requested} is in use in L3 network {l3_uuid}") from None
-                raise
+                raise L3Errors.exc("1004", f"{requested} is in use in L3 network {l3_uuid}")
             log.info("address %s of L3 %s was taken concurrently (attempt %d); retrying", int_to_ip(value),
                      l3_uuid, attempt)
             STATS["clashes"] += 1

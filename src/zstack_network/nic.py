@@ -21,7 +21,6 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import peewee
 
 from zstack_core.db import new_uuid, utcnow
 from zstack_core.errors import SysErrors
@@ -35,7 +34,7 @@ from zstack_core.service import handles
 from . import hosts
 from .dhcp import DhcpHost, hostname_of
 from .ipam import HINTS, allocate_ip_sync, ip_to_int, parse_ip
-from .prepared import Prepared
+from .prepared import ClashInsert, Prepared
 from .models import L2NetworkVO, L3NetworkVO, UsedIpVO, VmNicSecurityGroupRefVO, VmNicVO, write_transaction
 
 __all__ = [
@@ -68,7 +67,7 @@ def _l3(l3_uuid: str) -> L3NetworkVO:
     return row
 
 
-_INSERT_NIC = Prepared(lambda p: VmNicVO.insert(
+_INSERT_NIC = ClashInsert(lambda p: VmNicVO.insert(
     uuid=p.uuid, created_at=p.now, updated_at=p.now, vm_instance_uuid=p.vm, l3_network_uuid=p.l3, mac=p.mac,
     device_id=p.device_int, internal_name=p.name))
 _SET_NIC_IP = Prepared(lambda p: VmNicVO.update(used_ip_uuid=p.used, ip=p.ip, netmask=p.netmask, gateway=p.gateway)
@@ -93,14 +92,10 @@ def create_nic_sync(vm_uuid: str, l3_uuid: str, device_id: int, account_uuid: st
     internal_name = f"zs{vm_uuid[:8]}.{device_id}"[:15]
     for _ in range(MAC_ATTEMPTS):
         uuid, mac = new_uuid(), new_mac()
-        try:
-            with VmNicVO._meta.database.atomic():  # a savepoint: a clashing MAC undoes only this insert
-                now = utcnow()
-                _INSERT_NIC.run(uuid=uuid, now=now, vm=vm_uuid, l3=l3_uuid, mac=mac, device_int=device_id,
-                                name=internal_name)
-        except peewee.IntegrityError:
+        if not _INSERT_NIC.run(uuid=uuid, now=utcnow(), vm=vm_uuid, l3=l3_uuid, mac=mac, device_int=device_id,
+                               name=internal_name):
             if not VmNicVO.select().where(VmNicVO.mac == mac).exists():
-                raise  # not the MAC: let the caller see the real constraint
+                raise SysErrors.exc("1015", f"NIC {uuid} clashed with a row on a key other than its MAC")
             log.warning("MAC %s is taken; drawing another", mac)
             continue
         own_sync(uuid, "VmNic", account_uuid)

@@ -15,7 +15,7 @@ from typing import Any
 
 import peewee
 
-__all__ = ["Markers", "Prepared"]
+__all__ = ["ClashInsert", "Markers", "Prepared"]
 
 
 class Prepared:
@@ -64,3 +64,30 @@ class Markers:
             return self._names[value]
         except (KeyError, TypeError):
             raise AssertionError(f"a constant {value!r} in a prepared statement; pass it as a parameter") from None
+
+
+class ClashInsert:
+    """A prepared ``INSERT`` whose clash on a unique key is an answer, not an error: ``run``
+    returns False when the row's key is taken (another allocator got there first).
+
+    On SQLite and PostgreSQL the statement itself ignores the clash (``INSERT OR IGNORE`` /
+    ``ON CONFLICT DO NOTHING``, which leave foreign-key errors raising), so no savepoint is
+    needed around it; elsewhere (MySQL's ``INSERT IGNORE`` would swallow any error) a savepoint
+    undoes the failed insert."""
+
+    def __init__(self, build: Callable[[Markers], peewee.Insert]) -> None:
+        self._ignoring = Prepared(lambda p: build(p).on_conflict_ignore())
+        self._plain = Prepared(build)
+
+    def run(self, **params: Any) -> bool:
+        from .models import real_database
+
+        db = real_database()
+        if isinstance(db, (peewee.SqliteDatabase, peewee.PostgresqlDatabase)):
+            return bool(self._ignoring.run(**params).rowcount)
+        try:
+            with db.atomic():
+                self._plain.run(**params)
+        except peewee.IntegrityError:
+            return False
+        return True

@@ -24,6 +24,7 @@ import pytest
 
 from zstack_core import ManagementNode, ZStackError
 from zstack_core.header.messages import AllocateVmNicMsg, ReleaseVmNicMsg
+from zstack_network import dhcp
 
 pytestmark = pytest.mark.libvirtd
 
@@ -130,7 +131,8 @@ def dhcp_lease(mac: str, script_dir: Path, tries: int = 4) -> dict[str, str] | N
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
-async def test_bridge_dhcp_server_and_a_lease_over_the_l2_network(real_cloud: RealCloud, tmp_path: Path) -> None:
+async def test_bridge_dhcp_server_and_a_lease_over_the_l2_network(real_cloud: RealCloud, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     c = real_cloud
     l2, l3 = await c.l2_l3("10.88.0.0/24", dns=["10.88.0.53"])
     bridge = link(BRIDGE)
@@ -161,13 +163,18 @@ async def test_bridge_dhcp_server_and_a_lease_over_the_l2_network(real_cloud: Re
     lease = dhcp_lease(nic.mac, tmp_path)
     assert lease == {"ip": nic.ip, "router": "10.88.0.1", "dns": "10.88.0.1", "mask": "255.255.255.0"}
 
-    # A NIC allocated later reaches the running dnsmasq at once; a released one leaves it.
+    # A NIC allocated later reaches the running dnsmasq at once; a released one leaves it. Each
+    # is one host entry added or removed (networkUpdate), not a reconcile of the whole server.
+    reconciles: list[str] = []
+    real_reconcile = dhcp.reconcile_fn
+    monkeypatch.setattr(dhcp, "reconcile_fn", lambda spec: reconciles.append(spec.l3_uuid) or real_reconcile(spec))
     second = (await c.node.bus.call_ok(AllocateVmNicMsg(vm_instance_uuid=uuid.uuid4().hex,
                                                         l3_network_uuid=l3.uuid))).nic
     assert f"{second.mac},{second.ip}" in hostsfile.read_text()
     assert (dhcp_lease(second.mac, tmp_path) or {}).get("ip") == second.ip
     await c.node.bus.call_ok(ReleaseVmNicMsg(nic_uuid=second.uuid))
     assert second.mac not in hostsfile.read_text()
+    assert reconciles == []
     assert dhcp_lease(second.mac, tmp_path, tries=2) is None  # no static entry, no dynamic range: no lease
     assert dhcp_lease("fa:00:00:00:00:01", tmp_path, tries=2) is None  # a stranger gets nothing either
 
