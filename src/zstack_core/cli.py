@@ -110,7 +110,11 @@ async def _serve(node: ManagementNode) -> None:
     server_task = asyncio.create_task(node.serve_http())
     print(f"zstack: management node ready ({len(node.services)} services, {len(node.api.registrations)} APIs, "
           f"data in {node.data_dir}); HTTP API at {server.url}", flush=True)
-    gc.enable()  # paused by cmd_node_start
+    # Resumed (paused by cmd_node_start) with what start-up made in the oldest generation, so
+    # the first collection does not scan it all while the first requests come in.
+    gc.freeze()
+    gc.unfreeze()
+    gc.enable()
     try:
         await stop.wait()
     finally:

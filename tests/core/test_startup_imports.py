@@ -26,7 +26,7 @@ import asyncio, gc, json, sys
 import zstack_core
 after_import = sorted(sys.modules)
 gc_enabled_after_import = gc.isenabled()
-from zstack_core.cli import build_parser, _serve  # what `zstack node start` loads first
+from zstack_core.cli import build_parser  # `zstack node start` builds the whole parser first
 build_parser()
 from zstack_core import ManagementNode
 
