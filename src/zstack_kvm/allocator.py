@@ -28,6 +28,7 @@ from zstack_core.header.backends import HostAllocatorStrategy
 
 from .errors import HostErrors, VmErrors
 from .models import ClusterVO, HostVO, VmInstanceVO, ZoneVO
+from .prepared import Prepared
 
 if TYPE_CHECKING:
     from .service import ComputeService
@@ -105,19 +106,28 @@ def take_sync(vm_uuid: str | None, host_uuid: str, cpu: int, memory: int) -> boo
     return take_and_read_sync(vm_uuid, host_uuid, cpu, memory) is not None
 
 
+# The statements of every VM create, compiled once (see .prepared).
+_TAKE = Prepared(lambda p: HostVO.update(available_cpu=HostVO.available_cpu - p.cpu_int,
+                                         available_memory=HostVO.available_memory - p.memory_int)
+                 .where((HostVO.uuid == p.host) & (HostVO.available_cpu >= p.cpu_int)
+                        & (HostVO.available_memory >= p.memory_int)))
+_HOST = Prepared(lambda p: HostVO.select().where(HostVO.uuid == p.host))
+_PLACE = Prepared(lambda p: VmInstanceVO.update(host_uuid=p.host, cluster_uuid=p.cluster, zone_uuid=p.zone)
+                  .where((VmInstanceVO.uuid == p.vm) & VmInstanceVO.host_uuid.is_null()))
+
+
 def take_and_read_sync(vm_uuid: str | None, host_uuid: str, cpu: int, memory: int) -> HostVO | None:
     """:func:`take_sync`, returning the host's row as the reservation left it (None: no room).
     The allocator hands that row on as the VM's destination instead of reading it again."""
-    taken = (HostVO.update(available_cpu=HostVO.available_cpu - cpu, available_memory=HostVO.available_memory - memory)
-             .where((HostVO.uuid == host_uuid) & (HostVO.available_cpu >= cpu) & (HostVO.available_memory >= memory))
-             .execute())
-    if taken != 1:
+    if _TAKE.run(host=host_uuid, cpu_int=cpu, memory_int=memory).rowcount != 1:
         return None
-    host = HostVO.get(HostVO.uuid == host_uuid)
+    found = _HOST.rows(HostVO, host=host_uuid)
+    if not found:
+        raise HostErrors.exc("1007", f"no host {host_uuid}")
+    host = found[0]
     if vm_uuid is None:
         return host  # type: ignore[no-any-return]
-    placed = (VmInstanceVO.update(host_uuid=host_uuid, cluster_uuid=host.cluster_uuid, zone_uuid=host.zone_uuid)
-              .where((VmInstanceVO.uuid == vm_uuid) & VmInstanceVO.host_uuid.is_null()).execute())
+    placed = _PLACE.run(host=host_uuid, cluster=host.cluster_uuid, zone=host.zone_uuid, vm=vm_uuid).rowcount
     if placed != 1:
         raise VmErrors.exc("1000", f"VM {vm_uuid} is gone or already placed on a host")
     return host  # type: ignore[no-any-return]
@@ -213,21 +223,39 @@ class HostAllocator:
     def strategy_names(self) -> list[str]:
         return sorted(self.strategies)
 
-    def _candidates_sync(self, request: AllocationRequest) -> list[HostInventory]:
+    @staticmethod
+    def _candidates_query(p: Any, zone: bool, cluster: bool, host: bool) -> Any:
         q = (HostVO.select(HostVO)
              .join(ClusterVO, on=(HostVO.cluster_uuid == ClusterVO.uuid))
              .switch(HostVO).join(ZoneVO, on=(HostVO.zone_uuid == ZoneVO.uuid))
-             .where((HostVO.status == "Connected") & (HostVO.state == "Enabled") & (HostVO.hypervisor_type == "KVM")
-                    & (ClusterVO.state == "Enabled") & (ZoneVO.state == "Enabled")))
-        if request.zone_uuid:
-            q = q.where(HostVO.zone_uuid == request.zone_uuid)
-        if request.cluster_uuid:
-            q = q.where(HostVO.cluster_uuid == request.cluster_uuid)
-        if request.host_uuid:
-            q = q.where(HostVO.uuid == request.host_uuid)
-        if request.exclude:
-            q = q.where(HostVO.uuid.not_in(list(request.exclude)))
-        return [h.to_inventory() for h in q]
+             .where((HostVO.status == p.connected) & (HostVO.state == p.enabled) & (HostVO.hypervisor_type == p.kvm)
+                    & (ClusterVO.state == p.enabled) & (ZoneVO.state == p.enabled)))
+        if zone:
+            q = q.where(HostVO.zone_uuid == p.zone)
+        if cluster:
+            q = q.where(HostVO.cluster_uuid == p.cluster)
+        if host:
+            q = q.where(HostVO.uuid == p.host)
+        return q
+
+    _CANDIDATES: dict[tuple[bool, bool, bool], Prepared] = {}
+    """One compiled candidates query per combination of zone/cluster/host given."""
+
+    def _candidates_sync(self, request: AllocationRequest) -> list[HostInventory]:
+        key = (bool(request.zone_uuid), bool(request.cluster_uuid), bool(request.host_uuid))
+        params = {"connected": "Connected", "enabled": "Enabled", "kvm": "KVM", "zone": request.zone_uuid,
+                  "cluster": request.cluster_uuid, "host": request.host_uuid}
+        if request.exclude:  # a list of any length: composed each time (migrations only)
+            class Values:
+                def __getattr__(self, name: str) -> Any:
+                    return params[name]
+
+            q = self._candidates_query(Values(), *key).where(HostVO.uuid.not_in(list(request.exclude)))
+            return [h.to_inventory() for h in q]
+        prepared = self._CANDIDATES.get(key)
+        if prepared is None:
+            prepared = self._CANDIDATES[key] = Prepared(lambda p: self._candidates_query(p, *key))
+        return [h.to_inventory() for h in prepared.rows(HostVO, **params)]
 
     @staticmethod
     def _scope(request: AllocationRequest) -> str:

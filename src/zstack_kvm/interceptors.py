@@ -28,6 +28,7 @@ from .host import host_uri
 from .libvirt_host import open_probe, parse_uri
 from .models import ClusterVO, HostVO, InstanceOfferingVO, ZoneVO
 from .offering import check_vm_size
+from .prepared import Prepared
 
 __all__ = ["HostApiInterceptor", "KVMApiInterceptor", "VmApiInterceptor"]
 
@@ -91,12 +92,19 @@ async def _missing(node: Any, wanted: list[tuple[str, str]]) -> set[tuple[str, s
         out = set()
         for resource, uuid in wanted:
             model = node.query.resources[resource].model
-            key = model._meta.fields["uuid"]
-            if model.select(key).where(key == uuid).first() is None:
+            prepared = _EXISTS.get(model)
+            if prepared is None:
+                key = model._meta.fields["uuid"]
+                prepared = _EXISTS[model] = Prepared(lambda p, key=key, model=model: model.select(key).where(key == p.uuid))
+            if prepared.run(uuid=uuid).fetchone() is None:
                 out.add((resource, uuid))
         return out
 
     return await node.db.run(missing)  # type: ignore[no-any-return]
+
+
+_EXISTS: dict[type[Any], Prepared] = {}
+"""Per model: its UUID column of one row, compiled once (every create asks)."""
 
 
 def _must_exist(missing: set[tuple[str, str]], resource: str, uuid: str, field: str) -> None:

@@ -54,12 +54,23 @@ from .errors import HostErrors, VmErrors
 from .hypervisor import build_domain, define_and_start, destroy_domain, domain_state, pause, request_shutdown, resume
 from .models import HostVO, InstanceOfferingVO, VmCreatingVO, VmInstanceVO
 from .offering import check_vm_size
+from .prepared import InsertRow, Prepared
 from .service import Part
 from .zone import forget_resource_sync
 
 __all__ = ["ON_HOST", "TRANSITIONAL", "VmPart", "attach_children_sync"]
 
 log = logging.getLogger("zstack.kvm.vm")
+
+# The statements of every VM create, compiled once (see .prepared).
+_INSERT_VM = InsertRow(VmInstanceVO)
+_INSERT_CREATING = InsertRow(VmCreatingVO)
+_VM = Prepared(lambda p: VmInstanceVO.select().where(VmInstanceVO.uuid == p.vm))
+_STARTED = Prepared(lambda p: VmInstanceVO.update(state=p.to, last_host_uuid=p.host)
+                    .where((VmInstanceVO.uuid == p.vm) & (VmInstanceVO.state == p.old)))
+_CREATED = Prepared(lambda p: VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == p.vm))
+_CHILDREN: dict[type[Any], Prepared] = {}
+"""Per child model (NICs, volumes): its rows of one VM."""
 
 ON_HOST = ("Running", "Paused", "Unknown")
 """Stable states in which the VM has a domain on ``host_uuid``."""
@@ -81,7 +92,15 @@ def attach_children_sync(node: Any, invs: list[VmInstanceInventory]) -> list[VmI
         column = getattr(resource.model, "vm_instance_uuid", None) if resource is not None else None
         if resource is None or column is None:
             continue
-        rows = list(resource.model.select().where(column.in_(uuids)))
+        if len(uuids) == 1:  # one VM (every create and state change): a statement compiled once
+            model = resource.model
+            prepared = _CHILDREN.get(model)
+            if prepared is None:
+                prepared = _CHILDREN[model] = Prepared(
+                    lambda p, model=model: model.select().where(getattr(model, "vm_instance_uuid") == p.vm))
+            rows = prepared.rows(model, vm=uuids[0])
+        else:
+            rows = list(resource.model.select().where(column.in_(uuids)))
         children = resource.to_inventories(rows) if resource.to_inventories else [r.to_inventory() for r in rows]
         for child in children:
             if isinstance(child, kind) and child.vm_instance_uuid in by_vm:
@@ -105,10 +124,10 @@ class VmPart(Part):
     # -- reading ------------------------------------------------------------------------------
 
     async def get(self, uuid: str, field: str = "uuid") -> VmInstanceVO:
-        row = await self.db(lambda: VmInstanceVO.get_or_none(VmInstanceVO.uuid == uuid))
-        if row is None:
+        rows = await self.db(lambda: _VM.rows(VmInstanceVO, vm=uuid))
+        if not rows:
             raise VmErrors.exc("1002", f"no VM instance {uuid}", field=field)
-        return row
+        return rows[0]  # type: ignore[no-any-return]
 
     async def inventory(self, uuid: str) -> VmInstanceInventory:
         row = await self.get(uuid)
@@ -237,10 +256,11 @@ class VmPart(Part):
         await self.node.hooks.vm_create_check(spec)
 
         def insert() -> None:
-            VmInstanceVO.create(uuid=uuid, name=name, description=msg.description, state="Starting",
-                                image_uuid=msg.image_uuid, instance_offering_uuid=msg.instance_offering_uuid,
-                                cpu_num=cpu, memory_size=memory, zone_uuid=msg.zone_uuid, cluster_uuid=msg.cluster_uuid)
-            VmCreatingVO.create(vm_uuid=uuid)
+            _INSERT_VM.run(VmInstanceVO(uuid=uuid, name=name, description=msg.description, state="Starting",
+                                        image_uuid=msg.image_uuid, instance_offering_uuid=msg.instance_offering_uuid,
+                                        cpu_num=cpu, memory_size=memory, zone_uuid=msg.zone_uuid,
+                                        cluster_uuid=msg.cluster_uuid))
+            _INSERT_CREATING.run(VmCreatingVO(vm_uuid=uuid))
             own_sync(uuid, "VmInstance", msg.account_uuid)
             self.node.tags.create_sync(uuid, "VmInstance", msg.system_tags)
 
@@ -282,15 +302,14 @@ class VmPart(Part):
                 give_back_sync(uuid, state=to, last_host_uuid=host_uuid)
             else:
                 old = "Starting"
-                moved = (VmInstanceVO.update(state=to, last_host_uuid=host_uuid)
-                         .where((VmInstanceVO.uuid == uuid) & (VmInstanceVO.state == old)).execute())
+                moved = _STARTED.run(to=to, host=host_uuid, vm=uuid, old=old).rowcount
                 if moved != 1:  # nothing else changes a VM its create holds; say what happened
                     row = VmInstanceVO.get_or_none(VmInstanceVO.uuid == uuid)
                     if row is None:
                         raise VmErrors.exc("1002", f"no VM instance {uuid}")
                     raise VmErrors.exc("1001", f"VM {uuid} is {row.state}, expected {old}", state=row.state)
-            VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute()
-            row = VmInstanceVO.get(VmInstanceVO.uuid == uuid)
+            _CREATED.run(vm=uuid)
+            row = _VM.rows(VmInstanceVO, vm=uuid)[0]
             return old, attach_children_sync(self.node, [row.to_inventory()])[0]
 
         old, inv = await self.atomic(tx)

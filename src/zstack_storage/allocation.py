@@ -27,9 +27,22 @@ from . import capacity
 from .errors import PrimaryStorageErrors
 from .local_storage import LOCAL_STORAGE
 from .models import ImageCacheVO, LocalStorageHostRefVO, PrimaryStorageClusterRefVO, PrimaryStorageVO, VolumeSnapshotVO, VolumeVO
+from .prepared import InsertRow, Prepared
 from .primary_storage import PrimaryStorageHandlers
 
 log = logging.getLogger("zstack.storage.allocation")
+
+# The statements of every VM create, compiled once (see .prepared).
+_P, _H, _R, _C = PrimaryStorageVO, LocalStorageHostRefVO, PrimaryStorageClusterRefVO, ImageCacheVO
+_CANDIDATES = Prepared(lambda p: _P.select(_P.uuid).join(_R, on=(_R.primary_storage_uuid == _P.uuid))
+                       .join(_H, on=((_H.primary_storage_uuid == _P.uuid) & (_H.host_uuid == p.host)))
+                       .where((_R.cluster_uuid == p.cluster) & (_P.state == p.enabled) & (_P.status == p.connected))
+                       .order_by(_H.available_capacity.desc()))
+_INSERT_VOLUME = InsertRow(VolumeVO)
+_CACHE = Prepared(lambda p: _C.select().where((_C.primary_storage_uuid == p.ps) & (_C.host_uuid == p.host)
+                                              & (_C.image_uuid == p.image)))
+_READY = Prepared(lambda p: VolumeVO.update(status=p.status, install_path=p.path, actual_size=p.actual_int,
+                                            format=p.format).where(VolumeVO.uuid == p.uuid))
 
 
 @attrs.frozen(kw_only=True)
@@ -55,24 +68,24 @@ class VolumeAllocation(PrimaryStorageHandlers):
     def candidates_sync(host: HostInventory) -> list[str]:
         """Primary storage usable on ``host``: attached to its cluster, enabled, connected, with a
         share on the host; most available first (database thread)."""
-        P, H, R = PrimaryStorageVO, LocalStorageHostRefVO, PrimaryStorageClusterRefVO
-        q = (P.select(P.uuid).join(R, on=(R.primary_storage_uuid == P.uuid))
-             .join(H, on=((H.primary_storage_uuid == P.uuid) & (H.host_uuid == host.uuid)))
-             .where((R.cluster_uuid == host.cluster_uuid) & (P.state == "Enabled") & (P.status == "Connected"))
-             .order_by(H.available_capacity.desc()))
-        return [p.uuid for p in q]
+        return [uuid for (uuid,) in _CANDIDATES.run(host=host.uuid, cluster=host.cluster_uuid, enabled="Enabled",
+                                                     connected="Connected").fetchall()]
 
     async def candidates(self, host: HostInventory) -> list[str]:
         return await self.node.db.run(self.candidates_sync, host)
 
-    async def allocate(self, host: HostInventory, volumes: list[NewVolume], only_ps: str | None = None) -> str:
+    async def allocate(self, host: HostInventory, volumes: list[NewVolume], only_ps: str | None = None,
+                       created: dict[str, VolumeInventory] | None = None) -> str:
         """Reserve room for ``volumes`` on one primary storage of ``host``; return its UUID.
+        ``created``: filled with the inventories of the rows written (new volumes), for
+        :meth:`instantiate` to use instead of reading them back.
 
         One transaction finds the candidates and takes the first that has room: a candidate
         without room changes nothing (its conditional ``UPDATE`` matches no row), so trying the
         next one in the same transaction is what separate transactions did, in one round trip.
         """
         need = sum(v.size for v in volumes)
+        written: dict[str, VolumeInventory] = {}
 
         def take(ps_uuid: str) -> bool:
             if not capacity.reserve_sync(ps_uuid, host.uuid, need, self.hold_back(ps_uuid)):
@@ -85,9 +98,11 @@ class VolumeAllocation(PrimaryStorageHandlers):
                     if n != 1:
                         raise PrimaryStorageErrors.exc("1000", f"volume {v.uuid} was placed meanwhile")
                     continue
-                VolumeVO.create(uuid=v.uuid, name=v.name, description=v.description, type=v.type, size=v.size,
-                                format="qcow2", vm_instance_uuid=v.vm_instance_uuid, device_id=v.device_id,
-                                root_image_uuid=v.root_image_uuid, disk_offering_uuid=v.disk_offering_uuid, **placed)
+                row = VolumeVO(uuid=v.uuid, name=v.name, description=v.description, type=v.type, size=v.size,
+                               format="qcow2", vm_instance_uuid=v.vm_instance_uuid, device_id=v.device_id,
+                               root_image_uuid=v.root_image_uuid, disk_offering_uuid=v.disk_offering_uuid, **placed)
+                _INSERT_VOLUME.run(row)
+                written[v.uuid] = row.to_inventory()
                 own_sync(v.uuid, "Volume", v.account_uuid)
             return True
 
@@ -102,6 +117,8 @@ class VolumeAllocation(PrimaryStorageHandlers):
 
         candidates, placed = await self.node.db.atomic(place)
         if placed is not None:
+            if created is not None:
+                created.update(written)
             return placed
         if not candidates:
             which = f"primary storage {only_ps}" if only_ps else "no primary storage"
@@ -120,7 +137,8 @@ class VolumeAllocation(PrimaryStorageHandlers):
         where = (C.primary_storage_uuid == ps_uuid) & (C.host_uuid == host.uuid) & (C.image_uuid == image.uuid)
 
         async def ensure() -> VolumeFacts:
-            row = await self.node.db.run(lambda: C.get_or_none(where))
+            found = await self.node.db.run(lambda: _CACHE.rows(C, ps=ps_uuid, host=host.uuid, image=image.uuid))
+            row = found[0] if found else None
             if row is not None and row.status == "Ready":
                 return VolumeFacts(install_path=row.install_path or "", size=row.virtual_size, actual_size=row.size,
                                    format=row.format)
@@ -154,10 +172,12 @@ class VolumeAllocation(PrimaryStorageHandlers):
 
     async def instantiate(self, ps_uuid: str, host: HostInventory, volume_uuids: list[str],
                           image: ImageInventory | None = None,
-                          ps: PrimaryStorageInventory | None = None) -> list[VolumeInventory]:
+                          ps: PrimaryStorageInventory | None = None,
+                          known: dict[str, VolumeInventory] | None = None) -> list[VolumeInventory]:
         """Create the files of allocated volumes; a root volume is an overlay of ``image``'s cache
         (or blank, for an ISO, whose cache the VM gets as its cdrom). ``ps``: the primary
-        storage's inventory when the caller has read it already."""
+        storage's inventory when the caller has read it already; ``known``: the volumes as
+        :meth:`allocate` wrote them (others are read)."""
         if ps is None or ps.uuid != ps_uuid:
             ps = await self.ps(ps_uuid)
         factory = self.factory(ps.type)
@@ -167,14 +187,13 @@ class VolumeAllocation(PrimaryStorageHandlers):
         out: list[VolumeInventory] = []
         try:
             for uuid in volume_uuids:
-                vol = await self.volume(uuid)
+                vol = (known or {}).get(uuid) or await self.volume(uuid)
                 facts = await factory.create_volume(self.node, ps, host, vol, backing if vol.type == "Root" else None)
                 made.append(facts.install_path)
 
                 def ready(uuid: str = uuid, facts: VolumeFacts = facts) -> int:
-                    return int(VolumeVO.update(status="Ready", install_path=facts.install_path,
-                                               actual_size=facts.actual_size, format=facts.format)
-                               .where(VolumeVO.uuid == uuid).execute())
+                    return int(_READY.run(status="Ready", path=facts.install_path, actual_int=facts.actual_size,
+                                          format=facts.format, uuid=uuid).rowcount)
 
                 if not await self.node.db.run(ready):
                     raise PrimaryStorageErrors.exc("1000", f"volume {uuid} was deleted while its file was made")

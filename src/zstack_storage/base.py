@@ -7,18 +7,28 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
+
 from zstack_core import Service, SysErrors
 from zstack_core.header.backends import PrimaryStorageFactory
 from zstack_core.header.compute import HostInventory, VmInstanceInventory
 from zstack_core.header.storage import ImageInventory, PrimaryStorageInventory, VolumeInventory
 
 from .errors import PrimaryStorageErrors
-from .models import ImageVO, PrimaryStorageVO, VolumeVO, ps_inventories
+from .models import ImageVO, PrimaryStorageClusterRefVO, PrimaryStorageVO, VolumeVO, ps_inventories
+from .prepared import Prepared
 
 if TYPE_CHECKING:
     from zstack_core.node import ManagementNode
 
 T = TypeVar("T")
+
+# Read by every VM create, compiled once (see .prepared).
+_PS = Prepared(lambda p: PrimaryStorageVO.select().where(PrimaryStorageVO.uuid == p.uuid))
+_PS_CLUSTERS = Prepared(lambda p: PrimaryStorageClusterRefVO.select(PrimaryStorageClusterRefVO.cluster_uuid)
+                        .where(PrimaryStorageClusterRefVO.primary_storage_uuid == p.uuid)
+                        .order_by(PrimaryStorageClusterRefVO.created_at))
+_IMAGE = Prepared(lambda p: ImageVO.select().where(ImageVO.uuid == p.uuid))
 
 RESERVED_CAPACITY = ("primaryStorage", "reservedCapacity")
 """Global config: bytes every host of a primary storage keeps free (ZStack's
@@ -57,7 +67,12 @@ class StorageBase(Service):
 
     async def ps(self, uuid: str, field: str = "primaryStorageUuid") -> PrimaryStorageInventory:
         def load() -> list[PrimaryStorageInventory]:
-            return ps_inventories(list(PrimaryStorageVO.select().where(PrimaryStorageVO.uuid == uuid)))
+            rows = _PS.rows(PrimaryStorageVO, uuid=uuid)
+            if not rows:
+                return []
+            # As ps_inventories(rows), for one row: its attached clusters, oldest first.
+            clusters = [c for (c,) in _PS_CLUSTERS.run(uuid=uuid).fetchall()]
+            return [attrs.evolve(rows[0].to_inventory(), attached_cluster_uuids=clusters)]
 
         found = await self.node.db.run(load)
         if not found:
@@ -73,10 +88,10 @@ class StorageBase(Service):
         return row.to_inventory()  # type: ignore[no-any-return]
 
     async def image(self, uuid: str, field: str = "imageUuid") -> ImageInventory:
-        row = await self.node.db.run(lambda: ImageVO.get_or_none(ImageVO.uuid == uuid))
-        if row is None:
+        rows = await self.node.db.run(lambda: _IMAGE.rows(ImageVO, uuid=uuid))
+        if not rows:
             raise not_found("image", uuid, field)
-        return row.to_inventory()  # type: ignore[no-any-return]
+        return rows[0].to_inventory()  # type: ignore[no-any-return]
 
     async def image_path(self, uuid: str) -> str:
         row = await self.node.db.run(lambda: ImageVO.get_or_none(ImageVO.uuid == uuid))

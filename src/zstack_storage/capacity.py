@@ -16,6 +16,7 @@ from __future__ import annotations
 import peewee
 
 from .models import ImageCacheVO, LocalStorageHostRefVO, PrimaryStorageVO, VolumeVO
+from .prepared import Prepared
 
 __all__ = [
     "ALLOCATED_STATUSES",
@@ -33,18 +34,21 @@ ALLOCATED_STATUSES = ("Creating", "Ready", "Deleted")
 H = LocalStorageHostRefVO
 P = PrimaryStorageVO
 
+# Every VM create reserves: compiled once (see .prepared).
+_TAKE_HOST = Prepared(lambda p: H.update(available_capacity=H.available_capacity - p.size_int)
+                      .where((H.primary_storage_uuid == p.ps) & (H.host_uuid == p.host)
+                             & (H.available_capacity >= p.needed_int)))
+_TAKE_PS = Prepared(lambda p: P.update(available_capacity=P.available_capacity - p.size_int).where(P.uuid == p.ps))
+
 
 def reserve_sync(ps_uuid: str, host_uuid: str, size: int, hold_back: int = 0) -> bool:
     """Take ``size`` bytes on the host; False (nothing changed) when it does not have them."""
     if size < 0:
         raise ValueError(f"cannot reserve a negative size {size}")
-    taken = (H.update(available_capacity=H.available_capacity - size)
-             .where((H.primary_storage_uuid == ps_uuid) & (H.host_uuid == host_uuid)
-                    & (H.available_capacity >= size + hold_back))
-             .execute())
+    taken = _TAKE_HOST.run(size_int=size, ps=ps_uuid, host=host_uuid, needed_int=size + hold_back).rowcount
     if taken != 1:
         return False
-    P.update(available_capacity=P.available_capacity - size).where(P.uuid == ps_uuid).execute()
+    _TAKE_PS.run(size_int=size, ps=ps_uuid)
     return True
 
 

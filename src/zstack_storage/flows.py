@@ -31,6 +31,7 @@ __all__ = ["AllocatePrimaryStorageFlow", "AllocateVolumeFlow", "PrimaryStorageAl
 
 _PLAN = "storage.volumes"
 _PS = "storage.primary_storage_uuid"
+_WRITTEN = "storage.volumes_written"
 
 
 def _service(data: dict[str, Any]) -> StorageService:
@@ -155,7 +156,8 @@ class AllocatePrimaryStorageFlow(Flow):
         if spec.destination_host is None:
             raise SysErrors.exc("1000", "vm-create reached storage without a destination host")
         data[_PLAN] = [v.uuid for v in plan]
-        data[_PS] = await service.allocate(spec.destination_host, plan)
+        data[_WRITTEN] = {}
+        data[_PS] = await service.allocate(spec.destination_host, plan, created=data[_WRITTEN])
 
     async def rollback(self, data: dict[str, Any]) -> None:
         await _service(data).release(data.get(_PLAN, []))
@@ -175,7 +177,8 @@ class AllocateVolumeFlow(Flow):
         volumes = VmVolumes(service)
         image = await volumes.image_of(spec)
         ps = await volumes.ps_of(spec, data[_PS])
-        made = await service.instantiate(data[_PS], spec.destination_host, data[_PLAN], image, ps=ps)
+        made = await service.instantiate(data[_PS], spec.destination_host, data[_PLAN], image, ps=ps,
+                                         known=data.get(_WRITTEN))
         roots = [v for v in made if v.type == "Root"]
         spec.root_volume = roots[0] if roots else None
         spec.data_volumes = [v for v in made if v.type == "Data"]

@@ -40,12 +40,16 @@ from .api import (
 from .base import not_found
 from .errors import PrimaryStorageErrors, VolumeErrors
 from .models import DiskOfferingVO, VolumeVO
+from .prepared import Prepared
 
 log = logging.getLogger("zstack.storage.volume")
 
 DELETION_POLICY = ("volume", "deletionPolicy")
 """Global config: ``Delay`` (a deleted volume can be recovered until expunged) or ``Direct``."""
 ATTACHABLE_VM_STATES = ("Running", "Stopped", "Paused")
+
+_VM_VOLUMES = Prepared(lambda p: VolumeVO.select().where(VolumeVO.vm_instance_uuid == p.vm))
+"""A VM's volumes, compiled once (every VM create and start reads them for the domain's disks)."""
 
 
 class VolumeHandlers(VolumeAllocation):
@@ -57,7 +61,7 @@ class VolumeHandlers(VolumeAllocation):
         return 24  # ZStack's default when no factory says otherwise
 
     async def vm_volumes(self, vm_uuid: str) -> list[VolumeInventory]:
-        rows = await self.node.db.run(lambda: list(VolumeVO.select().where(VolumeVO.vm_instance_uuid == vm_uuid)))
+        rows = await self.node.db.run(lambda: _VM_VOLUMES.rows(VolumeVO, vm=vm_uuid))
         return sorted((r.to_inventory() for r in rows), key=lambda v: (v.type != "Root", v.device_id or 0))
 
     # -- disk offerings ------------------------------------------------------------------------
