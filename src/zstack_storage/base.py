@@ -15,7 +15,7 @@ from zstack_core.header.compute import HostInventory, VmInstanceInventory
 from zstack_core.header.storage import ImageInventory, PrimaryStorageInventory, VolumeInventory
 
 from .errors import PrimaryStorageErrors
-from .models import ImageVO, PrimaryStorageClusterRefVO, PrimaryStorageVO, VolumeVO, ps_inventories
+from .models import ImageVO, PrimaryStorageClusterRefVO, PrimaryStorageVO, VolumeVO
 from .prepared import Prepared
 
 if TYPE_CHECKING:

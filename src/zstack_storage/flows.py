@@ -23,6 +23,7 @@ from zstack_core.header.storage import ImageInventory, PrimaryStorageInventory
 from .allocation import NewVolume
 from .errors import ImageErrors, PrimaryStorageErrors, VolumeErrors
 from .models import ImageCacheVO, ImageVO, LocalStorageHostRefVO, PrimaryStorageClusterRefVO, PrimaryStorageVO, VolumeVO
+from .prepared import Prepared
 
 if TYPE_CHECKING:
     from .plugin import StorageService
@@ -187,6 +188,64 @@ class AllocateVolumeFlow(Flow):
         await _service(data).release(data.get(_PLAN, []))
 
 
+_PREPARED_IN = 8
+"""Up to this many candidate hosts (and clusters), the filter's queries are compiled once per
+count (an ``IN`` list has one parameter per value); more are composed each time."""
+_SHARES: dict[tuple[int, int], Prepared] = {}
+_CACHED: dict[int, Prepared] = {}
+
+
+def _shares_query(p: Any, n_hosts: int, n_clusters: int) -> Any:
+    P, H, R = PrimaryStorageVO, LocalStorageHostRefVO, PrimaryStorageClusterRefVO
+    return (H.select(H.host_uuid, H.primary_storage_uuid, H.available_capacity, R.cluster_uuid)
+            .join(P, on=(P.uuid == H.primary_storage_uuid))
+            .join(R, on=(R.primary_storage_uuid == P.uuid))
+            .where(H.host_uuid.in_([getattr(p, f"h{i}") for i in range(n_hosts)]) & (P.state == p.enabled)
+                   & (P.status == p.connected) & R.cluster_uuid.in_([getattr(p, f"c{i}") for i in range(n_clusters)])))
+
+
+def _cached_query(p: Any, n_hosts: int) -> Any:
+    C = ImageCacheVO
+    return (C.select(C.primary_storage_uuid, C.host_uuid)
+            .where((C.image_uuid == p.image) & C.host_uuid.in_([getattr(p, f"h{i}") for i in range(n_hosts)])))
+
+
+class _Values:
+    """Stands in for the markers when a query is composed with its values (too many to compile)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self._params = params
+
+    def __getattr__(self, name: str) -> Any:
+        return self._params[name]
+
+
+def _shares(hosts: list[str], clusters: list[str]) -> list[tuple[str, str, int, str]]:
+    """(host, primary storage, available, cluster attached) of enabled, connected primary
+    storage on ``hosts`` attached to ``clusters`` (database thread)."""
+    params: dict[str, Any] = {f"h{i}": h for i, h in enumerate(hosts)}
+    params.update({f"c{i}": c for i, c in enumerate(clusters)}, enabled="Enabled", connected="Connected")
+    key = (len(hosts), len(clusters))
+    if max(key) > _PREPARED_IN:
+        return list(_shares_query(_Values(params), *key).tuples())
+    prepared = _SHARES.get(key)
+    if prepared is None:
+        prepared = _SHARES[key] = Prepared(lambda p: _shares_query(p, *key))
+    return [tuple(r) for r in prepared.run(**params).fetchall()]  # type: ignore[misc]
+
+
+def _cached(image_uuid: str, hosts: list[str]) -> list[tuple[str, str]]:
+    """(primary storage, host) pools of ``hosts`` that cache the image (database thread)."""
+    params: dict[str, Any] = {f"h{i}": h for i, h in enumerate(hosts)}
+    params["image"] = image_uuid
+    if len(hosts) > _PREPARED_IN:
+        return list(_cached_query(_Values(params), len(hosts)).tuples())
+    prepared = _CACHED.get(len(hosts))
+    if prepared is None:
+        prepared = _CACHED[len(hosts)] = Prepared(lambda p: _cached_query(p, len(hosts)))
+    return [tuple(r) for r in prepared.run(**params).fetchall()]  # type: ignore[misc]
+
+
 class PrimaryStorageAllocatorFilter(HostAllocatorFilter):
     """Keeps hosts whose cluster has a usable primary storage with room, on that host, for the
     VM's volumes (and for the image cache, where the image is not cached there yet)."""
@@ -205,23 +264,17 @@ class PrimaryStorageAllocatorFilter(HostAllocatorFilter):
             return candidates
         need = sum(v.size for v in plan)
         image = await VmVolumes(s).image_of(spec)
-        P, H, R, C = PrimaryStorageVO, LocalStorageHostRefVO, PrimaryStorageClusterRefVO, ImageCacheVO
         by_uuid = {h.uuid: h for h in candidates}
+        hosts, clusters = list(by_uuid), sorted({h.cluster_uuid for h in candidates})
 
         def room() -> set[str]:
             # Two queries whatever the number of candidates: the (host, primary storage) shares
             # of enabled, connected primary storage with the clusters it is attached to, and
             # which of those pools already cache the image.
-            rows = (H.select(H.host_uuid, H.primary_storage_uuid, H.available_capacity, R.cluster_uuid)
-                    .join(P, on=(P.uuid == H.primary_storage_uuid))
-                    .join(R, on=(R.primary_storage_uuid == P.uuid))
-                    .where(H.host_uuid.in_(list(by_uuid)) & (P.state == "Enabled") & (P.status == "Connected")
-                           & R.cluster_uuid.in_(list({h.cluster_uuid for h in candidates}))))
-            found: list[tuple[str, str, int, str]] = list(rows.tuples())  # type: ignore[arg-type]
+            found: list[tuple[str, str, int, str]] = _shares(hosts, clusters)
             cached: set[tuple[str, str]] = set()
             if image is not None and found:
-                cached = {(ps_uuid, host_uuid) for ps_uuid, host_uuid in C.select(C.primary_storage_uuid, C.host_uuid)
-                          .where((C.image_uuid == image.uuid) & C.host_uuid.in_(list(by_uuid))).tuples()}
+                cached = set(_cached(image.uuid, hosts))
             ok = set()
             for host_uuid, ps_uuid, available, cluster_uuid in found:
                 host = by_uuid[host_uuid]
