@@ -154,7 +154,14 @@ def list_domain_states(conn: libvirt.virConnect) -> dict[str, str]:
     out: dict[str, str] = {}
     for dom in conn.listAllDomains():
         if dom.name().startswith("zstack-"):
-            out[dom.UUIDString().replace("-", "")] = STATE_OF_DOMAIN.get(dom.state()[0], "Unknown")
+            try:
+                state = dom.state()[0]
+            except libvirt.libvirtError as exc:
+                # Gone since it was listed (destroyed meanwhile): it is simply not there.
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue
+                raise
+            out[dom.UUIDString().replace("-", "")] = STATE_OF_DOMAIN.get(state, "Unknown")
     return out
 
 

@@ -273,7 +273,7 @@ class VmPart(Part):
             try:
                 await self.node.flow_chain(VmCreateFlows.CHAIN).run(data)
             except BaseException as exc:
-                await self._undo_create(spec)
+                await self._undo_create(spec, domain_left=bool(data.get("kvm_domain_left")))
                 if isinstance(exc, FlowError):
                     raise VmErrors.exc("1007", f"creating VM {name} failed", cause=exc.error) from exc
                 raise
@@ -317,15 +317,20 @@ class VmPart(Part):
             await self.node.hooks.vm_state_changed(inv, old, to)
         return inv
 
-    async def _undo_create(self, spec: VmInstanceSpec) -> None:
-        """After a failed create: every plugin releases what it prepared, and the VM is gone."""
+    async def _undo_create(self, spec: VmInstanceSpec, domain_left: bool = False) -> None:
+        """After a failed create: every plugin releases what it prepared, and the VM is gone.
+
+        ``domain_left``: its domain could not be removed (the host was away). The create's
+        journal row then stays, naming a VM that no longer exists: the VM sync removes the
+        domain (and the row) when the host lists it again (:meth:`VmStateSync.reconcile_host`)."""
         await self.node.hooks.vm_release_resource(spec, "rollback")
         uuid = spec.vm.uuid
         await self.service.allocator.release(uuid)  # the rollback did it; this makes sure
 
         def remove() -> None:
             VmInstanceVO.delete().where(VmInstanceVO.uuid == uuid).execute()
-            VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute()
+            if not domain_left:
+                VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute()
             forget_resource_sync(self.node, uuid)
 
         await self.atomic(remove)
@@ -346,10 +351,13 @@ class VmPart(Part):
 
     async def _roll_back_create(self, uuid: str, host_wait: float) -> None:
         vm = await self.db(lambda: VmInstanceVO.get_or_none(VmInstanceVO.uuid == uuid))
-        if vm is None or vm.state != "Starting":  # gone, or the create had ended: nothing to undo
+        if vm is None:
+            return  # rolled back, its domain left on a host that was away: the VM sync removes it
+        if vm.state != "Starting":  # the create had ended: nothing to undo
             await self.db(lambda: VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute())
             return
         host = None
+        domain_left = False
         if vm.host_uuid is not None:
             hosts = self.service.hosts
             loop = asyncio.get_running_loop()
@@ -365,11 +373,12 @@ class VmPart(Part):
                 try:
                     await hosts.run_on(vm.host_uuid, lambda c: destroy_domain(c, uuid), f"removing VM {uuid}")
                 except ZStackError as exc:
-                    log.warning("VM %s: its half-created domain could not be removed: %s", uuid, exc.error)
+                    log.warning("VM %s: its half-created domain could not be removed yet: %s", uuid, exc.error)
+                    domain_left = True
         log.warning("VM %s was being created when the node stopped; rolling the create back", uuid)
         spec = await self.spec_of(uuid, host)
         await self.node.hooks.network_services_release(spec)
-        await self._undo_create(spec)
+        await self._undo_create(spec, domain_left=domain_left)
 
     # -- update -------------------------------------------------------------------------------
 

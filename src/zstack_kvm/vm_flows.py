@@ -12,14 +12,17 @@ hypervisor and return capacity (both already done when a VM is destroyed; these 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import attrs
 
-from zstack_core import Flow, NoRollbackFlow
+from zstack_core import Flow, NoRollbackFlow, ZStackError
 
 from .hypervisor import destroy_domain
 from .service import compute_of
+
+log = logging.getLogger("zstack.kvm.vm")
 
 __all__ = ["AllocateHostFlow", "CreateOnHypervisorFlow", "DeleteOnHypervisorFlow", "InstantiatePostFlow",
            "ReturnCapacityFlow"]
@@ -54,18 +57,40 @@ class CreateOnHypervisorFlow(Flow):
         if data.get("strategy") == "CreateStopped":
             return
         data["kvm_defining"] = True
-        await compute_of(node).vms.instantiate(spec, spec.destination_host.uuid)
+        try:
+            await compute_of(node).vms.instantiate(spec, spec.destination_host.uuid)
+        except Exception:
+            # The chain rolls back the flows that succeeded, not the one that fails. A define (or a
+            # start cut short when libvirtd died) may have left the domain: remove it here.
+            try:
+                await self._remove_domain(data)
+            except ZStackError as exc:
+                log.warning("VM %s: its domain could not be removed yet: %s", spec.vm.uuid, exc.error)
+            raise
 
     async def rollback(self, data: dict[str, Any]) -> None:
         if not data.get("kvm_defining"):
             return
         node, spec = data["node"], data["spec"]
-        compute = compute_of(node)
-        host = spec.destination_host
-        if host is not None:
-            await compute.hosts.run_on(host.uuid, lambda c: destroy_domain(c, spec.vm.uuid),
-                                       f"removing the domain of VM {spec.vm.uuid}")
-        await node.hooks.network_services_release(spec)
+        try:
+            await self._remove_domain(data)
+        finally:
+            await node.hooks.network_services_release(spec)
+
+    @staticmethod
+    async def _remove_domain(data: dict[str, Any]) -> None:
+        """Destroy and undefine the VM's domain, if any. When the host cannot be reached (libvirtd
+        died mid-create) ``data["kvm_domain_left"]`` is set, so the create's journal row is kept
+        and the VM sync removes the domain once the host lists it again; then this raises."""
+        spec, host = data["spec"], data["spec"].destination_host
+        if host is None:
+            return
+        try:
+            await compute_of(data["node"]).hosts.run_on(host.uuid, lambda c: destroy_domain(c, spec.vm.uuid),
+                                                        f"removing the domain of VM {spec.vm.uuid}")
+        except ZStackError:
+            data["kvm_domain_left"] = True
+            raise
 
 
 class InstantiatePostFlow(NoRollbackFlow):

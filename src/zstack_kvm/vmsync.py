@@ -14,7 +14,9 @@ What a check changes (the database follows libvirt):
 * Running <-> Paused follow the domain; ``Unknown`` (host was disconnected) becomes what the
   domain is;
 * a stopped definition of a VM that no longer runs there is removed (a VM runs from a fresh
-  definition at each start).
+  definition at each start);
+* the domain of a create rolled back while its host was away (the rollback could not remove
+  it; the create's journal row says so) is removed once the host lists it again.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from zstack_core import ZStackError
 
 from .configs import VM_SYNC_INTERVAL
 from .hypervisor import destroy_domain, domain_state, list_domain_states
-from .models import HostVO, VmInstanceVO
+from .models import HostVO, VmCreatingVO, VmInstanceVO
 
 if TYPE_CHECKING:
     from .service import ComputeService
@@ -118,6 +120,9 @@ class VmStateSync:
                                                                        VmInstanceVO.host_uuid)
                                                    .where((VmInstanceVO.host_uuid == host_uuid)
                                                           | VmInstanceVO.uuid.in_(list(domains)))))
+        known = {row.uuid for row in rows}
+        if any(uuid not in known for uuid in domains):
+            await self._remove_domains_of_rolled_back_creates(host_uuid, [u for u in domains if u not in known])
         for row in rows:
             seen = domains.get(row.uuid)
             here = row.host_uuid == host_uuid
@@ -126,6 +131,28 @@ class VmStateSync:
             if not here and seen is None:
                 continue
             await self.reconcile_vm(row.uuid)
+
+    async def _remove_domains_of_rolled_back_creates(self, host_uuid: str, uuids: list[str]) -> None:
+        """Domains with no VM: those a create of ours made and could not remove when it rolled
+        back (the host was away) are named by a create journal row that outlived its VM. They
+        go now, and the row with them. Any other is left alone: not ours to touch (another
+        system's, or one the consistency checker reports as ``orphan-domain``)."""
+        def left_by_creates() -> list[str]:
+            journal = [r.vm_uuid for r in VmCreatingVO.select().where(VmCreatingVO.vm_uuid.in_(uuids))]
+            alive = {r.uuid for r in VmInstanceVO.select(VmInstanceVO.uuid).where(VmInstanceVO.uuid.in_(journal))}
+            return [u for u in journal if u not in alive]
+
+        for vm_uuid in await self.node.db.run(left_by_creates):
+            try:
+                await self.service.hosts.run_on(host_uuid, lambda c, u=vm_uuid: destroy_domain(c, u),
+                                                f"removing the domain of rolled-back VM {vm_uuid}")
+            except ZStackError as exc:
+                log.info("could not remove the domain of rolled-back VM %s yet: %s", vm_uuid, exc.error)
+                continue
+            log.warning("removed the domain of VM %s, whose create was rolled back while host %s was away",
+                        vm_uuid, host_uuid)
+            await self.node.db.run(lambda u=vm_uuid: VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == u)
+                                   .execute())
 
     async def reconcile_vm(self, vm_uuid: str, pending: bool = False) -> None:
         async def check() -> None:

@@ -3,7 +3,8 @@
 ``SYS`` codes have fixed statuses (invalid argument 400, session 401, permission 403, not found
 404, busy 503...). A plugin's codes answer what its ``ErrorCodeSpace.http_status`` says; codes it
 does not list take the status of the first code in their cause chain that has one, else 400: a
-plugin's error is the plugin refusing the request unless it says otherwise.
+plugin's error is the plugin refusing the request unless it says otherwise. A ``SYS.1006`` with a
+cause only says that an operation failed (every flow chain failure is one): its cause decides.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def status_of(error: ErrorCode, spaces: Mapping[str, Any] | None = None) -> int:
     """The HTTP status for ``error``; ``spaces`` is ``prefix -> ErrorCodeSpace`` (or
     ``(plugin, space)`` as the node keeps them)."""
     for e in error.chain():  # outermost first: the first code with a known status decides
+        if e.code == "SYS.1006" and e.cause is not None:
+            # "Operation failed, the cause says why" (a flow chain wraps every failure in it):
+            # the cause decides, so a create refused for want of a connected host is not a 500.
+            continue
         if e.code in SYS_STATUS:
             return SYS_STATUS[e.code]
         prefix, _, number = e.code.partition(".")
