@@ -178,8 +178,14 @@ async def measure(ns: tuple[int, ...], repeats: int, work: Path) -> tuple[dict[i
         with contextlib.suppress(Exception):
             vm_uuids += [v.uuid for v in await node.query.find("VmInstance", limit=None)]
         await node.stop()
-        remove_domains(conn, [f"zstack-{u}" for u in set(vm_uuids)] + raw_names + titled(conn, run_id))
-        conn.close()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+        # A fresh connection: the run's own may have died with a libvirtd restarted under it.
+        conn = libvirt.open(URI)
+        try:
+            remove_domains(conn, [f"zstack-{u}" for u in set(vm_uuids)] + raw_names + titled(conn, run_id))
+        finally:
+            conn.close()
 
 
 def run(quick: bool) -> list[Row]:

@@ -15,6 +15,7 @@ __all__ = [
     "CONFIGS",
     "CPU_OVER_PROVISIONING",
     "HOST_CONNECT_TIMEOUT",
+    "HOST_LIBVIRT_WORKERS",
     "HOST_MAX_RECONNECT_INTERVAL",
     "HOST_PING_INTERVAL",
     "HVM_CPU_FLAG",
@@ -57,6 +58,12 @@ HOST_CONNECT_TIMEOUT = GlobalConfig(
     category=CATEGORY, name="host.connectTimeout", type="float", default=30.0, validators=[Range(min=0.1)],
     description="Seconds to wait for a libvirt connection to open before the host counts as unreachable.")
 
+HOST_LIBVIRT_WORKERS = GlobalConfig(
+    category=CATEGORY, name="host.libvirtWorkers", type="int", default=8, validators=[Range(min=1, max=64)],
+    description="Threads calling libvirt for each KVM host, sharing the host's one connection: how many "
+                "libvirt calls (domain starts, stops...) run at once on a host. Changes apply within a "
+                "ping interval.")
+
 VM_SYNC_INTERVAL = GlobalConfig(
     category=CATEGORY, name="vm.syncInterval", type="float", default=30.0, validators=[Range(min=0.05)],
     description="Seconds between reconciliations of VM states with libvirt (events are only hints).")
@@ -72,7 +79,8 @@ VM_CPU_MODE = GlobalConfig(
                 "host-passthrough; needed for nested virtualization, refused by some nested hosts).")
 
 CONFIGS = [MIGRATION_QUANTITY, RESERVED_MEMORY, CPU_OVER_PROVISIONING, HOST_PING_INTERVAL,
-           HOST_MAX_RECONNECT_INTERVAL, HOST_CONNECT_TIMEOUT, VM_SYNC_INTERVAL, VM_STOP_TIMEOUT, VM_CPU_MODE]
+           HOST_MAX_RECONNECT_INTERVAL, HOST_CONNECT_TIMEOUT, VM_SYNC_INTERVAL, VM_STOP_TIMEOUT, VM_CPU_MODE,
+           HOST_LIBVIRT_WORKERS]
 
 # -- system tags (the seed's KVMSystemTags) ---------------------------------------------------
 

@@ -3,8 +3,9 @@ states with maintenance, delete, and ``HostRunMsg`` (run a function on a host's 
 
 Status is the connection (``Connecting``, ``Connected``, ``Disconnected``); state is the admin
 state (``Enabled``, ``Disabled``, ``PreMaintenance``, ``Maintenance``). Work on one host is
-ordered by the task queue ``host-<uuid>``; the libvirt calls themselves run in the host's worker
-thread (:mod:`.libvirt_host`).
+ordered by the task queue ``host-<uuid>`` (work on one VM by ``vm-<uuid>``); the libvirt calls
+themselves run in the host's worker threads, pings in a thread of their own
+(:mod:`.libvirt_host`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ from .api import (
 )
 from .cascade import run_cascade
 from .checks import cascade_mode, check_description, check_name, check_state_event
-from .configs import HOST_CONNECT_TIMEOUT, HOST_MAX_RECONNECT_INTERVAL, HOST_PING_INTERVAL, MIGRATION_QUANTITY
+from .configs import (
+    HOST_CONNECT_TIMEOUT,
+    HOST_LIBVIRT_WORKERS,
+    HOST_MAX_RECONNECT_INTERVAL,
+    HOST_PING_INTERVAL,
+    MIGRATION_QUANTITY,
+)
 from .errors import HostErrors
 from .hypervisor import guest_facts
 from .libvirt_host import LibvirtHost, libvirt_error
@@ -108,15 +115,17 @@ class HostPart(Part):
             raise HostErrors.exc("1001", f"host {uuid} is not connected from this management node")
         return lh
 
-    async def run_on(self, host_uuid: str, fn: Any, what: str, timeout: float | None = None) -> Any:
-        """``fn(conn)`` on the host's worker; libvirt failures become ``HOST.1008``."""
+    async def run_on(self, host_uuid: str, fn: Any, what: str, timeout: float | None = None,
+                     serial: bool = False) -> Any:
+        """``fn(conn)`` on one of the host's worker threads (``serial``: the host's one thread
+        for calls in order); libvirt failures become ``HOST.1008``."""
         lh = self.connections.get(host_uuid)
         if (lh is None or not lh.is_open) and not self.node.cluster.owns(host_uuid):
             lh = await self.attach(host_uuid)
         else:
             lh = self.libvirt_host(host_uuid)
         try:
-            return await lh.run(fn, timeout)
+            return await lh.run(fn, timeout, serial)
         except ZStackError:
             raise
         except Exception as exc:
@@ -186,10 +195,13 @@ class HostPart(Part):
 
     def _ensure(self, uuid: str, url: str) -> LibvirtHost:
         lh = self.connections.get(uuid)
+        workers = self.node.configs.get(HOST_LIBVIRT_WORKERS.category, HOST_LIBVIRT_WORKERS.name)
         if lh is None or lh.uri.uri != url:
             lh = LibvirtHost(uuid, url, on_domain_event=lambda dom, ev, detail: self.service.sync.hint(uuid, dom),
-                             on_close=lambda reason: self._on_close(uuid, reason))
+                             on_close=lambda reason: self._on_close(uuid, reason), workers=workers)
             self.connections[uuid] = lh
+        elif lh.workers.size != workers:
+            lh.workers.resize(workers)  # kvm/host.libvirtWorkers changed
         return lh
 
     # -- add ----------------------------------------------------------------------------------
@@ -384,15 +396,8 @@ class HostPart(Part):
         try:
             if lh is None or not lh.is_open:
                 raise HostErrors.exc("1001", "no open libvirt connection")
-            if lh.busy:
-                return  # the work in progress shows soon enough whether the host answers
-
-            def probe(conn: Any) -> None:
-                if not conn.isAlive():
-                    raise HostErrors.exc("1001", "the libvirt connection is dead")
-                conn.getLibVersion()
-
-            await self.run_on(uuid, probe, f"pinging host {uuid}", timeout)
+            # In the host's ping thread, timed from when it starts: never behind slow calls.
+            await lh.ping(timeout)
             await self.node.hooks.host_ping(await self.inventory(uuid))
         except ZStackError as exc:
             await self.lost(uuid, exc.error)
@@ -401,10 +406,14 @@ class HostPart(Part):
 
     @handles(HostRunMsg)
     async def run_msg(self, msg: HostRunMsg) -> HostRunReply:
+        """Other plugins' functions run one at a time per host, in order, as they did when a host
+        had one thread: network's and storage's host work checks and then creates (a bridge, a
+        libvirt network or pool), which two VMs created at once would otherwise both do. Compute's
+        own calls (domain starts, stops...) run side by side on the host's other threads."""
         if msg.host_uuid not in self.connections:
             await self.get(msg.host_uuid, "hostUuid")
         result = await self.run_on(msg.host_uuid, msg.fn, f"running {getattr(msg.fn, '__name__', 'a function')} "
-                                                          f"on host {msg.host_uuid}")
+                                                          f"on host {msg.host_uuid}", serial=True)
         return HostRunReply(result=result)
 
     # -- update and state ---------------------------------------------------------------------
