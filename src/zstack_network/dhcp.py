@@ -22,11 +22,24 @@ and, because libvirt suppresses the router option on networks without forwarding
 option advertising the gateway. Entries are added and removed live with ``networkUpdate``
 (``IP_DHCP_HOST``, ``ADD_LAST``/``DELETE``); dnsmasq re-reads its hostsfile.
 
-Everything is reconciled, never patched blindly: the function sent to a host compares what the
-host has with what the database says and fixes the difference, so the same call creates the
-network, adds a NIC, repairs a host that rebooted, or follows a DNS change. Calls for one L3
-network are serialized (``dhcp-<uuid>`` task queue) and each reads the database when its turn
-comes, so a late call never undoes a newer one.
+Two ways to change a host's DHCP server, both serialized per L3 network (``dhcp-<uuid>`` task
+queue):
+
+* a full reconcile (:meth:`DhcpApi.sync_dhcp`, :func:`reconcile_fn`): the function sent to the
+  host compares what it has with what the database says and fixes the difference, so the same
+  call creates the network, repairs a host that rebooted or reconnected, or follows a DNS or
+  range change. It reads every NIC of the L3 network and the network's XML: O(NICs).
+* one host entry per NIC (:meth:`DhcpApi.update_dhcp_entries`, :func:`entries_fn`): a NIC that
+  got or gave back its address (VM create, expunge, attach and detach of an L3 network) is added
+  or removed alone, after the database commit; changes waiting for the queue together go to
+  each host in one call. A host where that cannot be done (network missing, an entry clashing)
+  falls back to the full reconcile. This keeps the network service's own work per VM create
+  independent of the VMs already on the L3 network. (libvirt's ``networkUpdate`` itself still
+  formats and parses the whole network definition on each change: about 30 ms with 1,000
+  entries and 300 ms with 10,000 on the test driver, measured in November 2026; that, not this
+  module, is what grows with the entries now.)
+
+Each reads the database when its turn comes, so a late call never undoes a newer one.
 
 On ``test:///`` hosts the same libvirt network is defined in the test driver (which runs no
 dnsmasq and drops the dnsmasq option) and no veth exists.

@@ -9,10 +9,14 @@ Two layers:
   (:class:`FirstAvailable`, :class:`Random`) are registered through
   ``zstack_ip_allocation_strategies`` like anyone else's.
 * :func:`allocate_ip_sync`, which runs in a database thread inside a write transaction: it reads
-  the ranges and used addresses, lets the strategy choose, and inserts the ``UsedIpVO`` row. The
+  the ranges and reservations (one statement), chooses, and inserts the ``UsedIpVO`` row. The
   row's unique key ``(l3_network_uuid, ip_int)`` is the guarantee: when another process or node
-  took the address first, the insert fails, the savepoint is rolled back and the allocation
-  tries again with a fresh view. Nothing in memory is trusted across transactions.
+  took the address first, the insert inserts nothing and the allocation tries again with a
+  fresh view. ``FirstAvailable`` walks the used addresses in index order from a per-L3 hint
+  (:func:`lowest_free_sync`: the cost is the gap skipped, not the addresses in use); ``Random``
+  draws a few addresses and asks which are used; any other strategy gets the whole
+  :class:`FreeIpSpace` (:func:`free_space_sync`: O(used addresses)). The hint is only where a
+  search starts, never trusted for who owns an address.
 """
 
 from __future__ import annotations
