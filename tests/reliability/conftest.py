@@ -9,8 +9,9 @@ image, all made through public APIs. ``cloud.vm()`` creates VMs on it.
 tests/conftest.py cannot be stopped and started by one test without breaking the others), with
 ``stop()``/``start()`` for the database-outage test.
 
-Marks: ``heavy`` (the 100-VM kill -9 test on a real libvirtd and the 10,000-request load test:
-they run in CI, and are the ones to deselect with ``-m 'not heavy'`` while iterating) and
+Marks: ``heavy`` (the 100-VM kill -9 test on a real libvirtd, which runs only with
+``ZSTACK_RUN_KILL9_100=1``, and the 10,000-request load test, which CI runs: the ones to
+deselect with ``-m 'not heavy'`` while iterating) and
 ``libvirtd`` (needs a real libvirtd with QEMU).
 """
 

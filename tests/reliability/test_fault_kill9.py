@@ -38,6 +38,7 @@ from .nodeproc import HttpConnection, NodeProcess
 
 VMS = 100
 KILL_WHEN_RUNNING = 35
+RUNNING_AT_ONCE = 10
 
 
 def virsh(uri: str, *args: str, check: bool = True) -> str:
@@ -89,12 +90,13 @@ def build_cloud(client: Client, uri: str, pool: Path, image: Path) -> dict[str, 
     return {"zone": zone, "cluster": cluster, "host": host, "ps": ps, "image": img}
 
 
-async def create_all(port: int, session: str, image: str, names: list[str]) -> None:
-    """Send every create at once (20 connections); don't wait for the jobs."""
+async def create_all(port: int, session: str, image: str, names: list[str]) -> list[str]:
+    """Send every create at once (20 connections); don't wait for the jobs; their ids."""
     pool: asyncio.Queue[HttpConnection] = asyncio.Queue()
     for _ in range(20):
         pool.put_nowait(HttpConnection("127.0.0.1", port))
     auth = {"Authorization": f"OAuth {session}"}
+    jobs: list[str] = []
 
     async def create(name: str) -> None:
         conn = await pool.get()
@@ -102,12 +104,43 @@ async def create_all(port: int, session: str, image: str, names: list[str]) -> N
             status, _, body = await conn.request("POST", "/v1/vm-instances", {"params": {
                 "name": name, "cpuNum": 1, "memorySize": 64 << 20, "imageUuid": image}}, auth)
             assert status == 202, body
+            jobs.append(body["jobId"])
         finally:
             pool.put_nowait(conn)
 
     await asyncio.gather(*(create(n) for n in names))
     while not pool.empty():
         await pool.get_nowait().close()
+    return jobs
+
+
+def failed_jobs(client: Client, jobs: list[str]) -> list[str]:
+    """The errors of the create jobs that failed (said when the test gives up waiting)."""
+    out = []
+    for job in jobs:
+        response = client.request("GET", f"/v1/api-jobs/{job}")
+        if response.status_code >= 400:
+            out.append(json.dumps(response.json().get("error"))[:400])
+    return out
+
+
+HALT_BOOT_SECTOR = bytes([0xFA, 0xF4, 0xEB, 0xFD]) + bytes(506) + b"\x55\xaa"
+"""``cli; hlt; jmp $-1`` and the boot signature: a guest that boots it halts with interrupts off.
+
+An idle guest with nothing to boot stays in SeaBIOS, which wakes on every timer interrupt
+(about 1% of a CPU each, measured: 100 of them are most of a 2-core machine). Halted with
+interrupts off, a KVM guest costs nothing: its vCPU thread sleeps in the kernel."""
+
+
+def halting_image(directory: Path) -> Path:
+    """A 32 MiB qcow2 image whose first sector is :data:`HALT_BOOT_SECTOR`."""
+    raw, image = directory / "halt.raw", directory / "tiny.qcow2"
+    with open(raw, "wb") as f:
+        f.write(HALT_BOOT_SECTOR)
+        f.truncate(32 << 20)
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(image)], check=True)
+    raw.unlink()
+    return image
 
 
 def wait(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -128,17 +161,21 @@ def zstack_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 @pytest.mark.heavy
 @pytest.mark.libvirtd
 @pytest.mark.skipif(not __import__("os").environ.get("ZSTACK_RUN_KILL9_100"),
-                    reason="not yet seen passing on a 2-core machine shared with other runs (see RELIABILITY.md); "
+                    reason="about 5 minutes on a 2-core machine shared with other runs (see RELIABILITY.md); "
                            "set ZSTACK_RUN_KILL9_100=1 to run it")
 async def test_kill_9_while_creating_100_vms_leaves_every_vm_running_or_rolled_back(
         libvirtd: str, pool_dir: Path, tmp_path: Path) -> None:
     import os
 
-    image = tmp_path / "tiny.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "32M"], check=True)
-    env = {"ZSTACK_IDENTITY_ADMIN_PASSWORD": ADMIN_PASSWORD, "ZSTACK_NODE_LIBVIRT_URI": libvirtd}
+    image = halting_image(tmp_path)
+    # At most 10 creates run at once; the others wait their turn (their timeouts start when they
+    # run). A create's host calls (its volume, its define + start) queue for the host's libvirt
+    # workers behind every other create's: with all 100 running at once on a loaded 2-core
+    # machine, 85 waited there past the 30 s a host call may take, and failed (rolled back).
+    env = {"ZSTACK_IDENTITY_ADMIN_PASSWORD": ADMIN_PASSWORD, "ZSTACK_NODE_LIBVIRT_URI": libvirtd,
+           "ZSTACK_API_MAX_RUNNING_JOBS": str(RUNNING_AT_ONCE)}
     node = NodeProcess(tmp_path / "node", env=env).start()
-    figures: dict[str, Any] = {"vms": VMS}
+    figures: dict[str, Any] = {"vms": VMS, "running_at_once": RUNNING_AT_ONCE}
     names = [f"k9-{i:03d}" for i in range(VMS)]
     cli_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTACK_")},
                "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
@@ -152,14 +189,23 @@ async def test_kill_9_while_creating_100_vms_leaves_every_vm_running_or_rolled_b
             return int(client.query("VmInstance", ["state=Running"], count=True))  # type: ignore[union-attr]
 
         started = time.monotonic()
-        await create_all(node.port, client.session_uuid or "", ids["image"], names)
+        jobs = await create_all(node.port, client.session_uuid or "", ids["image"], names)
         figures["accepted_s"] = round(time.monotonic() - started, 1)
-        await asyncio.to_thread(wait, lambda: running() >= KILL_WHEN_RUNNING, 600, f"{KILL_WHEN_RUNNING} VMs running",
-                                0.2)
-        before = await asyncio.to_thread(client.query, "VmInstance")
+        try:
+            await asyncio.to_thread(wait, lambda: running() >= KILL_WHEN_RUNNING, 300,
+                                    f"{KILL_WHEN_RUNNING} VMs running", 0.2)
+        except AssertionError as exc:
+            failed = await asyncio.to_thread(failed_jobs, client, jobs)
+            raise AssertionError(f"{exc}; {running()} running, {len(failed)} creates failed: {failed[:3]}") from None
         node.kill9()
-        seen |= {vm["uuid"] for vm in before}
         figures["killed_after_s"] = round(time.monotonic() - started, 1)
+        before, journal = rows_at_kill(tmp_path / "node" / "zstack.db")  # exactly what the killed node left
+        figures["journal_at_kill"] = journal
+        one = next(vm["uuid"] for vm in before if vm["state"] == "Running")
+        domain_xml = virsh(libvirtd, "dumpxml", f"zstack-{one}")
+        if os.path.exists("/dev/kvm"):
+            assert "<domain type='kvm'" in domain_xml  # hardware virtualisation, not TCG
+        seen |= {vm["uuid"] for vm in before}
         figures["at_kill"] = {}
         for vm in before:
             figures["at_kill"][vm["state"]] = figures["at_kill"].get(vm["state"], 0) + 1
@@ -197,18 +243,45 @@ async def test_kill_9_while_creating_100_vms_leaves_every_vm_running_or_rolled_b
         assert all(ours[u] == "running" for u in recorded)
         assert set(ours) == recorded, "a domain of a rolled-back VM is still on the host"
         volumes = await asyncio.to_thread(client.query, "Volume")
-        assert {v["vmInstanceUuid"] for v in volumes} == recorded and all(v["status"] == "Ready" for v in volumes)
+        attached = [v for v in volumes if v["vmInstanceUuid"] is not None]
+        assert {v["vmInstanceUuid"] for v in attached} == recorded and all(v["status"] == "Ready" for v in attached)
+        # A create that failed while the host was too busy to answer (its host call timed out)
+        # could not delete its volume's file: storage keeps such a volume as Deleted, detached,
+        # holding its capacity, for an operator (or a later expunge) to remove. Nothing else.
+        kept = [v for v in volumes if v["vmInstanceUuid"] is None]
+        assert all(v["status"] == "Deleted" for v in kept), kept
+        image_file = f"image-{ids['image']}.qcow2"
+        names = {v["uuid"]: {Path(v["installPath"] or f"root-{v['uuid']}.qcow2").name} for v in volumes}
         pool_files = {p.name for p in pool_dir.iterdir()}
-        assert pool_files == {Path(v["installPath"]).name for v in volumes} | {f"image-{ids['image']}.qcow2"}
+        assert pool_files <= set().union(*names.values(), {image_file})
+        assert pool_files >= {Path(v["installPath"]).name for v in attached} | {image_file}
+        for v in kept:  # they go when expunged
+            await asyncio.to_thread(client.call, "ExpungeDataVolume", uuid=v["uuid"])
+        assert {p.name for p in pool_dir.iterdir()} == {Path(v["installPath"]).name for v in attached} | {image_file}
+        figures["volumes_kept_deleted"] = len(kept)
         host = (await asyncio.to_thread(client.query, "Host"))[0]
         assert host["totalMemory"] - host["availableMemory"] == (512 << 20) + len(vms) * (64 << 20)
         assert host["totalCpu"] - host["availableCpu"] == len(vms)
         figures["running_after"] = len(vms)
-        figures["rolled_back"] = VMS - len(vms) - sum(1 for n in names if n not in {vm["name"] for vm in before})
-        figures["never_started"] = sum(1 for n in names if n not in {vm["name"] for vm in before})
+        figures["rolled_back"] = len(before) - len(vms)
+        figures["never_started"] = VMS - len(before)  # still waiting for a turn when the node was killed
+        assert {vm["uuid"] for vm in vms} <= {vm["uuid"] for vm in before}
         print("\nKILL9 FIGURES", json.dumps(figures))
     finally:
         await asyncio.to_thread(clean_up, node, client, libvirtd, seen)
+
+
+def rows_at_kill(db_path: Path) -> tuple[list[dict[str, str]], int]:
+    """The VM rows (uuid, name, state) and the number of journal rows in the killed node's database."""
+    import sqlite3
+
+    db = sqlite3.connect(str(db_path))
+    try:
+        rows = [{"uuid": u, "name": n, "state": st}
+                for u, n, st in db.execute("SELECT uuid, name, state FROM vm_instance")]
+        return rows, int(db.execute("SELECT COUNT(*) FROM vm_creating").fetchone()[0])
+    finally:
+        db.close()
 
 
 def settled_within(predicate: Any, timeout: float) -> Any:
