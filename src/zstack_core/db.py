@@ -25,15 +25,17 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import attrs
 import peewee
-from playhouse import db_url
-from playhouse.migrate import SchemaMigrator
 
 from .errors import ErrorCode, SysErrors, ZStackError
+
+if TYPE_CHECKING:
+    # Imported where used: a node on SQLite that needs no migration uses neither (start-up).
+    from playhouse.migrate import SchemaMigrator
 
 __all__ = [
     "Database",
@@ -191,6 +193,8 @@ class Database:
                 check_same_thread=False,
             )
         else:
+            from playhouse import db_url
+
             scheme = urlsplit(url).scheme
             if scheme not in db_url.schemes:
                 raise ValueError(f"database.url has an unsupported scheme {scheme!r}: use sqlite:///PATH, "
@@ -292,6 +296,8 @@ class Database:
                 try:
                     with self.db.atomic():
                         if current > 0:
+                            from playhouse.migrate import SchemaMigrator
+
                             migrator = SchemaMigrator.from_database(self.db)
                             for m in sorted(reg.migrations, key=lambda m: m.version):
                                 if current < m.version <= target:

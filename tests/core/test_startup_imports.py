@@ -44,9 +44,10 @@ print(json.dumps({"after_import": after_import, "at_ready": at_ready, "gc": gc_e
 """
 
 NOT_AT_START = ("requests", "urllib3", "zstack_core.sdk", "zstack_core.http.schema", "zstack_core.http.openapi",
-                "zstack_core.scaffold")
+                "zstack_core.scaffold", "playhouse.db_url", "playhouse.migrate")
 """Loaded by the client commands, by the first request that needs a field schema or the OpenAPI
-document, by ``zstack plugin new``; never by a node start."""
+document, by ``zstack plugin new``, by a server database URL or a schema migration; never by a
+node start on SQLite with its schema up to date (or new)."""
 
 NOT_AT_IMPORT = ("zstack_core.http", "starlette", "uvicorn", *NOT_AT_START)
 """``import zstack_core`` (an embedding program, a plugin's tests) loads no HTTP stack."""
