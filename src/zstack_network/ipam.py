@@ -38,6 +38,7 @@ from zstack_core.errors import invalid_argument
 from zstack_core.header.backends import IpAllocationStrategy
 
 from .errors import L3Errors
+from .models import real_database
 from .prepared import ClashInsert, Markers, Prepared
 
 __all__ = [
@@ -436,8 +437,6 @@ class _Hints:
 
     @staticmethod
     def _key(l3_uuid: str) -> tuple[int, str]:
-        from .models import real_database
-
         return id(real_database()), l3_uuid
 
     def get(self, l3_uuid: str, addrs: L3Addresses) -> tuple[int | None, int]:

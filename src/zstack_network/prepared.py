@@ -15,6 +15,8 @@ from typing import Any
 
 import peewee
 
+from .models import real_database
+
 __all__ = ["ClashInsert", "Markers", "Prepared"]
 
 
@@ -33,8 +35,6 @@ class Prepared:
         self._lock = threading.Lock()
 
     def run(self, **params: Any) -> Any:
-        from .models import real_database
-
         db = real_database()
         compiled = self._compiled.get(type(db))
         if compiled is None:
@@ -80,8 +80,6 @@ class ClashInsert:
         self._plain = Prepared(build)
 
     def run(self, **params: Any) -> bool:
-        from .models import real_database
-
         db = real_database()
         if isinstance(db, (peewee.SqliteDatabase, peewee.PostgresqlDatabase)):
             return bool(self._ignoring.run(**params).rowcount)
