@@ -17,6 +17,7 @@ The file is written at exit by a process that compiled something the file did no
 the same rules as ``.pyc`` files: not with ``PYTHONDONTWRITEBYTECODE``/``-B``, under
 ``sys.pycache_prefix`` when set, silently not at all where the directory is not writable.
 Only classes of modules named ``zstack_*`` are cached (not a test's or another program's).
+``ZSTACK_ATTRS_CACHE=0`` in the environment turns the cache off.
 
 This replaces a private function of attrs (``attr._make._compile_and_eval``); if it is not
 there with the expected shape (another attrs version), nothing is installed.
@@ -105,6 +106,8 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    if os.environ.get("ZSTACK_ATTRS_CACHE", "1") == "0":  # the opt-out, should attrs misbehave with it
+        return
     try:
         import attr._make as make
     except ImportError:  # pragma: no cover - attrs is a dependency
