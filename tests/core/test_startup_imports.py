@@ -135,3 +135,11 @@ def test_the_methods_attrs_generates_come_from_a_cache_written_like_pyc_files(tm
     damaged = _classes(prefix, seed="3")
     assert damaged["stats"]["compiled"] == first["stats"]["compiled"] and damaged["hash_ok"]
     assert _classes(prefix, seed="4")["stats"]["compiled"] == 0
+
+
+def test_zstack_attrs_cache_0_leaves_attrs_as_it_is() -> None:
+    code = ("import attr._make as make; original = make._compile_and_eval; import zstack_core; "
+            "from zstack_core import _attrs_cache as c; "
+            "print(make._compile_and_eval is original, c.stats['hits'] + c.stats['compiled'])")
+    assert _python(code, env=_env(ZSTACK_ATTRS_CACHE="0")).split() == ["True", "0"]
+    assert _python(code, env=_env()).split()[0] == "False"
