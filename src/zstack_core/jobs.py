@@ -11,6 +11,7 @@ import peewee
 from .db import BaseModel, Database, utcnow
 from .errors import ErrorCode
 from .mediator import ApiJob, JobStore
+from .prepared import Markers, Prepared
 
 __all__ = ["ApiJobVO", "DatabaseJobStore"]
 
@@ -33,32 +34,24 @@ class ApiJobVO(BaseModel):
 
 _COLUMNS = ("id", "api_name", "state", "progress", "result", "error", "account_uuid", "node_uuid", "created_at",
             "finished_at")
-_COMPILED: dict[tuple[type[peewee.Database], str], tuple[str, list[str]]] = {}
-"""The job ``INSERT`` and ``UPDATE`` per kind of database, compiled once: every long API writes
-both, and composing them was most of their cost (the scale benchmark over HTTP)."""
 
 
-def _marker(column: str) -> object:
-    # A value peewee passes through unchanged for the column (an integer for ``progress``).
-    return -7_000_000_001 if column == "progress" else f"\x00job:{column}"
+def _param(p: Markers, column: str) -> object:
+    return p.progress_int if column == "progress" else getattr(p, column)  # an integer column
+
+
+_STATEMENTS = {
+    "insert": Prepared(lambda p: ApiJobVO.insert({getattr(ApiJobVO, c): _param(p, c) for c in _COLUMNS})),
+    "update": Prepared(lambda p: ApiJobVO.update({getattr(ApiJobVO, c): _param(p, c) for c in _COLUMNS
+                                                  if c not in ("id", "node_uuid")}).where(ApiJobVO.id == p.id)),
+}
+"""Every long API writes both: compiled once (see :mod:`zstack_core.prepared`)."""
 
 
 def _run_compiled(kind: str, values: dict[str, object]) -> int:
     """Run the job statement ``kind`` (``insert`` or ``update``) with ``values``; rows affected."""
-    db = ApiJobVO._meta.database
-    db = db.obj if isinstance(db, peewee.DatabaseProxy) else db
-    compiled = _COMPILED.get((type(db), kind))
-    if compiled is None:
-        markers = {_marker(c): c for c in _COLUMNS}
-        if kind == "insert":
-            query: peewee.Query = ApiJobVO.insert({getattr(ApiJobVO, c): _marker(c) for c in _COLUMNS})
-        else:
-            query = (ApiJobVO.update({getattr(ApiJobVO, c): _marker(c) for c in _COLUMNS if c not in ("id", "node_uuid")})
-                     .where(ApiJobVO.id == _marker("id")))
-        sql, params = query.sql()
-        compiled = _COMPILED[(type(db), kind)] = (sql, [markers[v] for v in params])
-    sql, names = compiled
-    return int(db.execute_sql(sql, [values[n] for n in names]).rowcount)
+    params = {("progress_int" if k == "progress" else k): v for k, v in values.items()}
+    return int(_STATEMENTS[kind].run(**params).rowcount)
 
 
 def _ts(value: float | None) -> datetime.datetime | None:

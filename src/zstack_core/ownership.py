@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import peewee
 
-from .db import BaseModel, database_proxy, utcnow
+from .db import BaseModel, utcnow
+from .prepared import Prepared
 
 __all__ = ["ADMIN_ACCOUNT_UUID", "AccountResourceRefVO", "own_sync", "owner_of_sync", "disown_sync"]
 
@@ -28,26 +29,16 @@ class AccountResourceRefVO(BaseModel):
         table_name = "account_resource_ref"
 
 
-_OWN_SQL: dict[type[peewee.Database], tuple[str, list[str]]] = {}
-"""The owner ``INSERT`` per kind of database, compiled once: every create of every service runs
-it, and composing it was most of its cost (see the scale benchmark)."""
+_OWN = Prepared(lambda p: AccountResourceRefVO.insert(
+    resource_uuid=p.resource_uuid, resource_type=p.resource_type, account_uuid=p.account_uuid,
+    created_at=p.created_at).on_conflict_ignore())
+"""Every create of every service runs it: compiled once (see :mod:`zstack_core.prepared`)."""
 
 
 def own_sync(resource_uuid: str, resource_type: str, account_uuid: str | None) -> None:
     """Record ``account_uuid`` (or admin) as the owner of a new resource (database thread)."""
-    db = database_proxy.obj
-    compiled = _OWN_SQL.get(type(db))
-    if compiled is None:
-        markers = {"\x00resource": "resource_uuid", "\x00type": "resource_type", "\x00account": "account_uuid",
-                   "\x00created": "created_at"}
-        sql, values = AccountResourceRefVO.insert(
-            resource_uuid="\x00resource", resource_type="\x00type", account_uuid="\x00account",
-            created_at="\x00created").on_conflict_ignore().sql()
-        compiled = _OWN_SQL[type(db)] = (sql, [markers[v] for v in values])
-    sql, names = compiled
-    params = {"resource_uuid": resource_uuid, "resource_type": resource_type,
-              "account_uuid": account_uuid or ADMIN_ACCOUNT_UUID, "created_at": utcnow()}
-    db.execute_sql(sql, [params[n] for n in names])
+    _OWN.run(resource_uuid=resource_uuid, resource_type=resource_type,
+             account_uuid=account_uuid or ADMIN_ACCOUNT_UUID, created_at=utcnow())
 
 
 def owner_of_sync(resource_uuid: str) -> str | None:

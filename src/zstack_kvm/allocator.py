@@ -28,7 +28,7 @@ from zstack_core.header.backends import HostAllocatorStrategy
 
 from .errors import HostErrors, VmErrors
 from .models import ClusterVO, HostVO, VmInstanceVO, ZoneVO
-from .prepared import Prepared
+from zstack_core.prepared import Prepared
 
 if TYPE_CHECKING:
     from .service import ComputeService

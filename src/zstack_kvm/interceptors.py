@@ -28,7 +28,7 @@ from .host import host_uri
 from .libvirt_host import open_probe, parse_uri
 from .models import ClusterVO, HostVO, InstanceOfferingVO, ZoneVO
 from .offering import check_vm_size
-from .prepared import Prepared
+from zstack_core.prepared import Prepared
 
 __all__ = ["HostApiInterceptor", "KVMApiInterceptor", "VmApiInterceptor"]
 

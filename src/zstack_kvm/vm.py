@@ -54,7 +54,7 @@ from .errors import HostErrors, VmErrors
 from .hypervisor import build_domain, define_and_start, destroy_domain, domain_state, pause, request_shutdown, resume
 from .models import HostVO, InstanceOfferingVO, VmCreatingVO, VmInstanceVO
 from .offering import check_vm_size
-from .prepared import InsertRow, Prepared
+from zstack_core.prepared import InsertRow, Prepared
 from .service import Part
 from .zone import forget_resource_sync
 

@@ -70,7 +70,7 @@ from zstack_core.header import HostInventory, L2NetworkInventory
 from . import hosts
 from .errors import L2Errors, L3Errors
 from .l2 import l2_inventories, realize_fn
-from .prepared import Prepared
+from zstack_core.prepared import Prepared
 from .models import (
     DhcpNetworkHostRefVO,
     IpRangeVO,

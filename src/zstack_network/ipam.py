@@ -39,7 +39,7 @@ from zstack_core.header.backends import IpAllocationStrategy
 
 from .errors import L3Errors
 from .models import real_database
-from .prepared import ClashInsert, Markers, Prepared
+from zstack_core.prepared import ClashInsert, Markers, Prepared
 
 __all__ = [
     "FirstAvailable",

@@ -46,7 +46,7 @@ from .errors import L3Errors
 from .inventories import FreeIpInventory, ReservedIpRangeInventory
 from .ipam import ParsedRange, free_space_sync, int_to_ip, ip_to_int, parse_ip, parse_range, range_of_cidr
 from .l2 import check_resource_uuid
-from .prepared import Prepared
+from zstack_core.prepared import Prepared
 from .models import (
     IpRangeVO,
     L2NetworkVO,

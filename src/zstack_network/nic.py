@@ -34,7 +34,7 @@ from zstack_core.service import handles
 from . import hosts
 from .dhcp import DhcpHost, hostname_of
 from .ipam import HINTS, allocate_ip_sync, ip_to_int, parse_ip
-from .prepared import ClashInsert, Prepared
+from zstack_core.prepared import ClashInsert, Prepared
 from .models import L2NetworkVO, L3NetworkVO, UsedIpVO, VmNicSecurityGroupRefVO, VmNicVO, write_transaction
 
 __all__ = [

@@ -27,7 +27,7 @@ import peewee
 
 from zstack_core.header import L2NetworkInventory, VmInstanceSpec
 
-from .prepared import Markers, Prepared
+from zstack_core.prepared import Markers, Prepared
 
 __all__ = ["KEY", "CreateState", "L3Facts", "load_l3_facts_sync", "state_of"]
 

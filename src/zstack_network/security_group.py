@@ -51,7 +51,7 @@ from .api import (
 from .errors import SecurityGroupErrors
 from .inventories import SecurityGroupInventory, SecurityGroupRuleInventory, VmNicSecurityGroupRefInventory
 from .l2 import check_resource_uuid
-from .prepared import Prepared
+from zstack_core.prepared import Prepared
 from .models import (
     L3NetworkVO,
     SecurityGroupAppliedVO,

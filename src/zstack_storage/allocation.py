@@ -27,7 +27,7 @@ from . import capacity
 from .errors import PrimaryStorageErrors
 from .local_storage import LOCAL_STORAGE
 from .models import ImageCacheVO, LocalStorageHostRefVO, PrimaryStorageClusterRefVO, PrimaryStorageVO, VolumeSnapshotVO, VolumeVO
-from .prepared import InsertRow, Prepared
+from zstack_core.prepared import InsertRow, Prepared
 from .primary_storage import PrimaryStorageHandlers
 
 log = logging.getLogger("zstack.storage.allocation")

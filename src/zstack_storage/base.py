@@ -16,7 +16,7 @@ from zstack_core.header.storage import ImageInventory, PrimaryStorageInventory, 
 
 from .errors import PrimaryStorageErrors
 from .models import ImageVO, PrimaryStorageClusterRefVO, PrimaryStorageVO, VolumeVO
-from .prepared import Prepared
+from zstack_core.prepared import Prepared
 
 if TYPE_CHECKING:
     from zstack_core.node import ManagementNode

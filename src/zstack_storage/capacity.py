@@ -16,7 +16,7 @@ from __future__ import annotations
 import peewee
 
 from .models import ImageCacheVO, LocalStorageHostRefVO, PrimaryStorageVO, VolumeVO
-from .prepared import Prepared
+from zstack_core.prepared import Prepared
 
 __all__ = [
     "ALLOCATED_STATUSES",

@@ -23,7 +23,7 @@ from zstack_core.header.storage import ImageInventory, PrimaryStorageInventory
 from .allocation import NewVolume
 from .errors import ImageErrors, PrimaryStorageErrors, VolumeErrors
 from .models import ImageCacheVO, ImageVO, LocalStorageHostRefVO, PrimaryStorageClusterRefVO, PrimaryStorageVO, VolumeVO
-from .prepared import Prepared
+from zstack_core.prepared import Prepared
 
 if TYPE_CHECKING:
     from .plugin import StorageService

@@ -227,7 +227,15 @@ def delete_volume(conn: libvirt.virConnect, path: str) -> None:
 
 def _running_domain_using(conn: libvirt.virConnect, path: str) -> libvirt.virDomain | None:
     for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-        if f"'{path}'" in dom.XMLDesc(0) or f'"{path}"' in dom.XMLDesc(0):
+        try:
+            xml = dom.XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            # Gone between the listing and this read (another program's domain, say): it uses
+            # no volume any more.
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                continue
+            raise
+        if f"'{path}'" in xml or f'"{path}"' in xml:
             return dom
     return None
 

@@ -40,7 +40,7 @@ from .api import (
 from .base import not_found
 from .errors import PrimaryStorageErrors, VolumeErrors
 from .models import DiskOfferingVO, VolumeVO
-from .prepared import Prepared
+from zstack_core.prepared import Prepared
 
 log = logging.getLogger("zstack.storage.volume")
 
