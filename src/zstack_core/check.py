@@ -29,6 +29,7 @@ only what both passes found.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import time
@@ -172,7 +173,7 @@ class CheckContext:
         return bool(self.node.tasks.running(signature) or self.node.tasks.pending(signature))
 
 
-class ConsistencyCheck:
+class ConsistencyCheck(abc.ABC):
     """A check a plugin contributes through ``zstack_consistency_checks``.
 
     Subclasses set ``name`` (``kvm.domains``) and implement :meth:`run`, yielding
@@ -183,6 +184,7 @@ class ConsistencyCheck:
     name: str = ""
     description: str = ""
 
+    @abc.abstractmethod
     async def run(self, ctx: CheckContext) -> Iterable[Finding]:
         raise NotImplementedError
 

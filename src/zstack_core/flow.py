@@ -9,6 +9,7 @@ hook), which is how VM creation gets its volume from storage and its NIC from ne
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ __all__ = ["Flow", "FlowChain", "FlowContribution", "FlowError", "NoRollbackFlow
 log = logging.getLogger("zstack.flow")
 
 
-class Flow:
+class Flow(abc.ABC):
     """One step. Override :meth:`run`, and :meth:`rollback` to undo what ``run`` did.
 
     ``data`` is the dict shared by every flow of one chain run: a flow reads what earlier flows
@@ -31,6 +32,7 @@ class Flow:
 
     name: str = ""
 
+    @abc.abstractmethod
     async def run(self, data: dict[str, Any]) -> None:
         raise NotImplementedError
 

@@ -9,6 +9,7 @@ the chain resource -> cluster -> zone -> global (``kvm/reservedMemory`` is the s
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import math
@@ -31,9 +32,10 @@ __all__ = ["Choices", "Custom", "GlobalConfig", "GlobalConfigs", "Range", "Regex
 log = logging.getLogger("zstack.globalconfig")
 
 
-class Validator:
+class Validator(abc.ABC):
     """Checks a parsed value; raises ``ValueError`` with a message a user can act on."""
 
+    @abc.abstractmethod
     def __call__(self, value: Any) -> None:
         raise NotImplementedError
 

@@ -402,6 +402,25 @@ class LocalStorageProbe(PrimaryStorageFactory):
         self.calls.append(("detach_from_host", ps.uuid, host.uuid))
         await self.behind(node).detach_from_host(node, ps, host)
 
+    # The rest only pass on (the type must implement every method of the contract).
+    async def create_image_cache(self, node: ManagementNode, ps: Any, host: Any, image: Any, source_path: str) -> Any:
+        return await self.behind(node).create_image_cache(node, ps, host, image, source_path)
+
+    async def create_volume(self, node: ManagementNode, ps: Any, host: Any, volume: Any, backing: Any) -> Any:
+        return await self.behind(node).create_volume(node, ps, host, volume, backing)
+
+    async def delete_volume(self, node: ManagementNode, ps: Any, host: Any, install_path: str) -> None:
+        await self.behind(node).delete_volume(node, ps, host, install_path)
+
+    async def resize_volume(self, node: ManagementNode, ps: Any, host: Any, volume: Any, size: int) -> Any:
+        return await self.behind(node).resize_volume(node, ps, host, volume, size)
+
+    async def snapshot(self, node: ManagementNode, ps: Any, host: Any, volume: Any, action: str, name: str) -> None:
+        await self.behind(node).snapshot(node, ps, host, volume, action, name)
+
+    def disk_to(self, volume: Any) -> Any:
+        raise AssertionError("disk_to needs the node to find the factory behind; not called in this test")
+
 
 class BackendsPlugin:
     def __init__(self) -> None:
