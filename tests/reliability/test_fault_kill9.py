@@ -173,6 +173,9 @@ async def test_kill_9_while_creating_100_vms_leaves_every_vm_running_or_rolled_b
     # machine, 85 waited there past the 30 s a host call may take, and failed (rolled back).
     env = {"ZSTACK_IDENTITY_ADMIN_PASSWORD": ADMIN_PASSWORD, "ZSTACK_NODE_LIBVIRT_URI": libvirtd,
            "ZSTACK_API_MAX_RUNNING_JOBS": str(RUNNING_AT_ONCE)}
+    # Domains already on this (shared) libvirtd are not this test's: a developer machine may
+    # hold other runs' guests. Only findings and domains of its own count.
+    foreign = {domain_uuid(libvirtd, name) for name in zstack_domains(libvirtd)}
     node = NodeProcess(tmp_path / "node", env=env).start()
     figures: dict[str, Any] = {"vms": VMS, "running_at_once": RUNNING_AT_ONCE}
     names = [f"k9-{i:03d}" for i in range(VMS)]
@@ -229,14 +232,17 @@ async def test_kill_9_while_creating_100_vms_leaves_every_vm_running_or_rolled_b
         check = await asyncio.to_thread(zstack_cli, "check", "--json", env=cli_env)
         report = json.loads(check.stdout)
         figures["check_s"] = report["seconds"]
-        assert check.returncode == 0, check.stdout + check.stderr
-        assert report["ok"] and report["hostsChecked"] == [ids["host"]], report
+        findings = [f for f in report["findings"] if f["resourceUuid"] not in foreign]
+        assert check.returncode in (0, 1) and not findings, check.stdout + check.stderr
+        assert report["hostsChecked"] == [ids["host"]], report
+        figures["foreign_domains_ignored"] = len(foreign)
 
         # Every VM: Running, recorded, its domain running in QEMU; or gone without a trace.
         vms = [vm for vm in vms if vm]
         assert all(vm["state"] == "Running" for vm in vms), [(vm["name"], vm["state"]) for vm in vms]
         domains = zstack_domains(libvirtd)
-        ours = {domain_uuid(libvirtd, name): state for name, state in domains.items()}
+        ours = {u: state for u, state in ((domain_uuid(libvirtd, name), state) for name, state in domains.items())
+                if u not in foreign}
         recorded = {vm["uuid"] for vm in vms}
         assert {u for u in ours if u in recorded} == recorded
         assert all(ours[u] == "running" for u in recorded)
