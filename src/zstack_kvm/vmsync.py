@@ -16,7 +16,11 @@ What a check changes (the database follows libvirt):
 * a stopped definition of a VM that no longer runs there is removed (a VM runs from a fresh
   definition at each start);
 * the domain of a create rolled back while its host was away (the rollback could not remove
-  it; the create's journal row says so) is removed once the host lists it again.
+  it; the create's journal row says so) is removed once the host lists it again;
+* a domain running for a VM we have ``Stopped`` is removed. A stopped VM has no domain (each
+  start defines a fresh one), so only a start that failed while its host was unreachable (the
+  start was answered with an error, its rollback could not reach the host, and QEMU had been
+  launched) leaves one: the rollback is finished.
 """
 
 from __future__ import annotations
@@ -130,7 +134,7 @@ class VmStateSync:
                 continue
             if not here and seen is None:
                 continue
-            await self.reconcile_vm(row.uuid)
+            await self.reconcile_vm(row.uuid, seen_on=None if here else host_uuid)
 
     async def _remove_domains_of_rolled_back_creates(self, host_uuid: str, uuids: list[str]) -> None:
         """Domains with no VM: those a create of ours made and could not remove when it rolled
@@ -154,26 +158,32 @@ class VmStateSync:
             await self.node.db.run(lambda u=vm_uuid: VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == u)
                                    .execute())
 
-    async def reconcile_vm(self, vm_uuid: str, pending: bool = False) -> None:
+    async def reconcile_vm(self, vm_uuid: str, pending: bool = False, seen_on: str | None = None) -> None:
+        """Check one VM in its queue. ``seen_on``: a host (not the VM's) that lists its domain."""
         async def check() -> None:
             if pending:
                 self._pending.discard(vm_uuid)
-            await self._check(vm_uuid)
+            await self._check(vm_uuid, seen_on)
 
         await self.node.tasks.run(f"vm-{vm_uuid}", check)
 
-    async def _check(self, vm_uuid: str) -> None:
+    async def _check(self, vm_uuid: str, seen_on: str | None = None) -> None:
         vms, hosts = self.service.vms, self.service.hosts
         vm = await self.node.db.run(lambda: VmInstanceVO.get_or_none(VmInstanceVO.uuid == vm_uuid))
         if vm is None:
             return
-        # Leftover definitions on hosts the VM is not running on (its last host, usually).
-        for other in {vm.last_host_uuid} - {None, vm.host_uuid}:
+        # Leftover domains on hosts the VM is not running on (its last host, usually): a stopped
+        # definition; or, for a VM that is Stopped, a running domain a failed start left.
+        for other in {vm.last_host_uuid, seen_on} - {None, vm.host_uuid}:
             lh = hosts.connections.get(other)
             if lh is not None and lh.is_open:
                 try:
                     state = await hosts.run_on(other, lambda c: domain_state(c, vm_uuid), "reading a domain")
-                    if state == "Stopped":
+                    stray = state in ("Running", "Paused") and vm.state == "Stopped"
+                    if stray:
+                        log.warning("VM %s is Stopped but its domain is %s on host %s (a start that failed "
+                                    "while the host was unreachable): removing it", vm_uuid, state, other)
+                    if state == "Stopped" or stray:
                         await hosts.run_on(other, lambda c: destroy_domain(c, vm_uuid), "removing a stale domain")
                 except ZStackError:
                     pass

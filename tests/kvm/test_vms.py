@@ -435,6 +435,26 @@ async def test_vm_destroyed_outside_is_seen_stopped(cloud: Cloud) -> None:
     assert (row.host_uuid, row.last_host_uuid) == (None, cloud.host.uuid)
 
 
+async def test_a_running_domain_of_a_stopped_vm_is_removed(cloud: Cloud) -> None:
+    """What a start that failed while its host was unreachable leaves: the API answered with an
+    error and the VM is Stopped, but QEMU had been launched. The sync finishes the rollback."""
+    vm = await cloud.create_vm(memory=128 * MiB)
+    await cloud.call("StopVmInstance", uuid=vm.uuid)
+    before_cpu, before_mem = await capacity(cloud)
+    assert await zstack_domains(cloud) == {}
+    xml = (f"<domain type='test'><name>zstack-{vm.uuid}</name><uuid>{vm.uuid}</uuid>"
+           "<memory>131072</memory><os><type>hvm</type></os></domain>")
+    await run_on_host(cloud, lambda c: c.createXML(xml, 0))  # running, as the failed start left it
+    await cloud.node.configs.update("kvm", "vm.syncInterval", 0.2)
+    await wait_for(lambda: _no_domains(cloud), what="the stray domain removed")
+    assert await _state_is(cloud, vm.uuid, "Stopped")
+    assert await capacity(cloud) == (before_cpu, before_mem)  # nothing taken or given back twice
+
+
+async def _no_domains(cloud: Cloud) -> bool:
+    return await zstack_domains(cloud) == {}
+
+
 async def test_pause_and_resume_outside_are_followed_through_events(isolated_env: Path) -> None:
     node = await start_node(isolated_env)
     try:
