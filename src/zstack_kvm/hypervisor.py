@@ -186,13 +186,14 @@ def destroy_domain(conn: libvirt.virConnect, vm_uuid: str) -> bool:
     dom = lookup(conn, vm_uuid)
     if dom is None:
         return False
+    persistent = dom.isPersistent()  # asked first: a transient domain is gone once destroyed
     if dom.isActive():
         try:
             dom.destroy()
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # already off
                 raise
-    if dom.isPersistent():
+    if persistent:
         try:
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
         except libvirt.libvirtError:

@@ -125,7 +125,11 @@ class VmInstanceVO(ResourceModel):
 class VmCreatingVO(BaseModel):
     """A VM whose create has not ended (written with the VM row, removed when the create
     succeeds or is rolled back). What a node killed mid-create leaves here is rolled back when it
-    starts again: a VM is either created and recorded, or gone with everything it held."""
+    starts again: a VM is either created and recorded, or gone with everything it held.
+
+    A row also outlives an operation whose rollback could not remove the VM's domain because the
+    host was unreachable (a create's VM row is gone, a start's VM is Stopped): the VM sync
+    removes that domain once the host lists it again, and the row with it."""
 
     vm_uuid = peewee.CharField(primary_key=True, max_length=32)
     created_at = peewee.DateTimeField(default=utcnow)

@@ -411,6 +411,7 @@ class VmPart(Part):
         inv = await self.inventory(uuid)
         await self.node.hooks.vm_before_start(inv)
         await self.change(uuid, "Starting", expect=("Stopped",))
+        placed: str | None = None  # the host the domain may have been started on
         try:
             spec = await self.spec_of(uuid, None)
             request = AllocationRequest(vm_uuid=uuid, cpu=vm.cpu_num, memory=vm.memory_size, zone_uuid=vm.zone_uuid,
@@ -419,14 +420,29 @@ class VmPart(Part):
             spec.destination_host = host
             spec.vm = attrs.evolve(spec.vm, host_uuid=host.uuid, cluster_uuid=host.cluster_uuid,
                                    zone_uuid=host.zone_uuid)
+            placed = host.uuid
             await self.instantiate(spec, host.uuid)
         except BaseException as exc:
             await self.change(uuid, "Stopped", release=True)
+            if placed is not None:
+                await self._undo_start(uuid, placed)
             error = exc.error if isinstance(exc, ZStackError) else VmErrors.error("1004", str(exc))
             await self.node.hooks.vm_failed_to_start(await self.inventory(uuid), error)
             raise
         await self.change(uuid, "Running", last_host_uuid=host.uuid)
         await self.node.hooks.vm_after_start(await self.inventory(uuid))
+
+    async def _undo_start(self, uuid: str, host_uuid: str) -> None:
+        """A start that failed may have launched QEMU all the same (libvirtd killed before it
+        answered, a call given up on that went on): remove the domain. If the host cannot be
+        reached, a journal row remembers it for the VM sync, which removes the domain once the
+        host lists it again."""
+        try:
+            await self.service.hosts.run_on(host_uuid, lambda c: destroy_domain(c, uuid),
+                                            f"removing the domain of VM {uuid}, whose start failed")
+        except ZStackError as exc:
+            log.warning("VM %s: its start failed and its domain could not be removed yet (%s)", uuid, exc.error)
+            await self.db(lambda: VmCreatingVO.insert(vm_uuid=uuid).on_conflict_ignore().execute())
 
     async def _strategy(self, vm: VmInstanceVO) -> str | None:
         if vm.instance_offering_uuid is None:

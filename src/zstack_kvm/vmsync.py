@@ -17,10 +17,11 @@ What a check changes (the database follows libvirt):
   definition at each start);
 * the domain of a create rolled back while its host was away (the rollback could not remove
   it; the create's journal row says so) is removed once the host lists it again;
-* a domain running for a VM we have ``Stopped`` is removed. A stopped VM has no domain (each
-  start defines a fresh one), so only a start that failed while its host was unreachable (the
-  start was answered with an error, its rollback could not reach the host, and QEMU had been
-  launched) leaves one: the rollback is finished.
+* a domain running for a VM we have ``Stopped`` whose start failed while its host was
+  unreachable (the start was answered with an error, its rollback could not reach the host to
+  remove the domain, and QEMU had been launched; a journal row says so) is removed: the
+  rollback is finished. Any other running domain of a Stopped VM is left for people to look at
+  (``zstack check`` reports it as ``stray-domain``).
 """
 
 from __future__ import annotations
@@ -179,12 +180,16 @@ class VmStateSync:
             if lh is not None and lh.is_open:
                 try:
                     state = await hosts.run_on(other, lambda c: domain_state(c, vm_uuid), "reading a domain")
-                    stray = state in ("Running", "Paused") and vm.state == "Stopped"
-                    if stray:
-                        log.warning("VM %s is Stopped but its domain is %s on host %s (a start that failed "
-                                    "while the host was unreachable): removing it", vm_uuid, state, other)
-                    if state == "Stopped" or stray:
+                    left = state in ("Running", "Paused") and vm.state == "Stopped" and await self.node.db.run(
+                        lambda: VmCreatingVO.get_or_none(VmCreatingVO.vm_uuid == vm_uuid)) is not None
+                    if left:
+                        log.warning("VM %s is Stopped but its domain is %s on host %s (its start failed while "
+                                    "the host was unreachable): removing it", vm_uuid, state, other)
+                    if state == "Stopped" or left:
                         await hosts.run_on(other, lambda c: destroy_domain(c, vm_uuid), "removing a stale domain")
+                    if left:
+                        await self.node.db.run(lambda: VmCreatingVO.delete()
+                                               .where(VmCreatingVO.vm_uuid == vm_uuid).execute())
                 except ZStackError:
                     pass
         host_uuid = vm.host_uuid
