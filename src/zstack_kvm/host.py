@@ -44,7 +44,7 @@ from .configs import (
 from .errors import HostErrors
 from .hypervisor import guest_facts
 from .libvirt_host import LibvirtHost, libvirt_error
-from .models import HostVO, VmInstanceVO
+from .models import HostVO, LeftDomainVO, VmInstanceVO
 from .service import Part
 from .zone import forget_resource_sync
 
@@ -513,5 +513,6 @@ class HostPart(Part):
 
     def _remove_sync(self, uuid: str) -> None:
         HostVO.delete().where(HostVO.uuid == uuid).execute()
+        LeftDomainVO.delete().where(LeftDomainVO.host_uuid == uuid).execute()
         VmInstanceVO.update(last_host_uuid=None).where(VmInstanceVO.last_host_uuid == uuid).execute()
         forget_resource_sync(self.node, uuid)

@@ -22,7 +22,8 @@ from zstack_core.header import (
     ZoneInventory,
 )
 
-__all__ = ["ClusterVO", "HostVO", "InstanceOfferingVO", "MODELS", "VmCreatingVO", "VmInstanceVO", "ZoneVO"]
+__all__ = ["ClusterVO", "HostVO", "InstanceOfferingVO", "LeftDomainVO", "MODELS", "VmCreatingVO", "VmInstanceVO",
+           "ZoneVO"]
 
 
 class ZoneVO(ResourceModel):
@@ -125,11 +126,7 @@ class VmInstanceVO(ResourceModel):
 class VmCreatingVO(BaseModel):
     """A VM whose create has not ended (written with the VM row, removed when the create
     succeeds or is rolled back). What a node killed mid-create leaves here is rolled back when it
-    starts again: a VM is either created and recorded, or gone with everything it held.
-
-    A row also outlives an operation whose rollback could not remove the VM's domain because the
-    host was unreachable (a create's VM row is gone, a start's VM is Stopped): the VM sync
-    removes that domain once the host lists it again, and the row with it."""
+    starts again: a VM is either created and recorded, or gone with everything it held."""
 
     vm_uuid = peewee.CharField(primary_key=True, max_length=32)
     created_at = peewee.DateTimeField(default=utcnow)
@@ -138,4 +135,19 @@ class VmCreatingVO(BaseModel):
         table_name = "vm_creating"
 
 
-MODELS: list[type[Any]] = [ZoneVO, ClusterVO, HostVO, InstanceOfferingVO, VmInstanceVO, VmCreatingVO]
+class LeftDomainVO(BaseModel):
+    """A domain an operation had to remove and could not, because its host was unreachable
+    (libvirtd gone): a create or start rolled back, a forced stop or destroy. QEMU may still run
+    there. The VM sync removes the domain once the host lists it again, unless the VM has been
+    placed on that host meanwhile, and the row with it. Deleting the host deletes its rows."""
+
+    vm_uuid = peewee.CharField(max_length=32)
+    host_uuid = peewee.CharField(max_length=32, index=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "vm_left_domain"
+        indexes = ((("vm_uuid", "host_uuid"), True),)
+
+
+MODELS: list[type[Any]] = [ZoneVO, ClusterVO, HostVO, InstanceOfferingVO, VmInstanceVO, VmCreatingVO, LeftDomainVO]

@@ -52,7 +52,7 @@ from .checks import cascade_mode, check_description, check_name
 from .configs import BOOT_ORDER, VM_CPU_MODE, VM_STOP_TIMEOUT
 from .errors import HostErrors, VmErrors
 from .hypervisor import build_domain, define_and_start, destroy_domain, domain_state, pause, request_shutdown, resume
-from .models import HostVO, InstanceOfferingVO, VmCreatingVO, VmInstanceVO
+from .models import HostVO, InstanceOfferingVO, LeftDomainVO, VmCreatingVO, VmInstanceVO
 from .offering import check_vm_size
 from zstack_core.prepared import InsertRow, Prepared
 from .service import Part
@@ -273,7 +273,7 @@ class VmPart(Part):
             try:
                 await self.node.flow_chain(VmCreateFlows.CHAIN).run(data)
             except BaseException as exc:
-                await self._undo_create(spec, domain_left=bool(data.get("kvm_domain_left")))
+                await self._undo_create(spec, left_on=data.get("kvm_domain_left"))
                 if isinstance(exc, FlowError):
                     raise VmErrors.exc("1007", f"creating VM {name} failed", cause=exc.error) from exc
                 raise
@@ -317,20 +317,20 @@ class VmPart(Part):
             await self.node.hooks.vm_state_changed(inv, old, to)
         return inv
 
-    async def _undo_create(self, spec: VmInstanceSpec, domain_left: bool = False) -> None:
+    async def _undo_create(self, spec: VmInstanceSpec, left_on: str | None = None) -> None:
         """After a failed create: every plugin releases what it prepared, and the VM is gone.
 
-        ``domain_left``: its domain could not be removed (the host was away). The create's
-        journal row then stays, naming a VM that no longer exists: the VM sync removes the
-        domain (and the row) when the host lists it again (:meth:`VmStateSync.reconcile_host`)."""
+        ``left_on``: the host whose domain of the VM could not be removed (it was away); a
+        :class:`LeftDomainVO` row lets the VM sync remove it when the host lists it again."""
         await self.node.hooks.vm_release_resource(spec, "rollback")
         uuid = spec.vm.uuid
         await self.service.allocator.release(uuid)  # the rollback did it; this makes sure
 
         def remove() -> None:
             VmInstanceVO.delete().where(VmInstanceVO.uuid == uuid).execute()
-            if not domain_left:
-                VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute()
+            VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute()
+            if left_on is not None:
+                LeftDomainVO.insert(vm_uuid=uuid, host_uuid=left_on).on_conflict_ignore().execute()
             forget_resource_sync(self.node, uuid)
 
         await self.atomic(remove)
@@ -352,7 +352,7 @@ class VmPart(Part):
     async def _roll_back_create(self, uuid: str, host_wait: float) -> None:
         vm = await self.db(lambda: VmInstanceVO.get_or_none(VmInstanceVO.uuid == uuid))
         if vm is None:
-            return  # rolled back, its domain left on a host that was away: the VM sync removes it
+            return  # rolled back already (a domain left on a host that was away has its LeftDomainVO)
         if vm.state != "Starting":  # the create had ended: nothing to undo
             await self.db(lambda: VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute())
             return
@@ -378,7 +378,7 @@ class VmPart(Part):
         log.warning("VM %s was being created when the node stopped; rolling the create back", uuid)
         spec = await self.spec_of(uuid, host)
         await self.node.hooks.network_services_release(spec)
-        await self._undo_create(spec, domain_left=domain_left)
+        await self._undo_create(spec, left_on=vm.host_uuid if domain_left else None)
 
     # -- update -------------------------------------------------------------------------------
 
@@ -434,15 +434,19 @@ class VmPart(Part):
 
     async def _undo_start(self, uuid: str, host_uuid: str) -> None:
         """A start that failed may have launched QEMU all the same (libvirtd killed before it
-        answered, a call given up on that went on): remove the domain. If the host cannot be
-        reached, a journal row remembers it for the VM sync, which removes the domain once the
-        host lists it again."""
+        answered, a call given up on that went on): remove the domain, or, if the host cannot
+        be reached, leave it to the VM sync (:meth:`domain_left`)."""
         try:
             await self.service.hosts.run_on(host_uuid, lambda c: destroy_domain(c, uuid),
                                             f"removing the domain of VM {uuid}, whose start failed")
         except ZStackError as exc:
             log.warning("VM %s: its start failed and its domain could not be removed yet (%s)", uuid, exc.error)
-            await self.db(lambda: VmCreatingVO.insert(vm_uuid=uuid).on_conflict_ignore().execute())
+            await self.domain_left(uuid, host_uuid)
+
+    async def domain_left(self, uuid: str, host_uuid: str) -> None:
+        """VM ``uuid``'s domain on ``host_uuid`` should be gone but the host could not be reached
+        to remove it: the VM sync removes it when the host lists it again (:class:`LeftDomainVO`)."""
+        await self.db(lambda: LeftDomainVO.insert(vm_uuid=uuid, host_uuid=host_uuid).on_conflict_ignore().execute())
 
     async def _strategy(self, vm: VmInstanceVO) -> str | None:
         if vm.instance_offering_uuid is None:
@@ -462,7 +466,7 @@ class VmPart(Part):
 
     async def stop(self, uuid: str, graceful: bool = True, force: bool = False) -> None:
         """Power the VM off and give its host back. ``force``: even when its host cannot be
-        reached (the domain may be left behind; the next reconcile removes it)."""
+        reached (the domain may run on; the VM sync removes it when the host is back)."""
         vm = await self.get(uuid)
         if vm.state == "Stopped":
             return
@@ -484,6 +488,8 @@ class VmPart(Part):
                     raise VmErrors.exc("1008", f"stopping VM {uuid} failed", cause=exc.error) from exc
                 raise
             log.warning("VM %s: forced stop could not reach its host: %s", uuid, exc)
+            if host_uuid is not None:
+                await self.domain_left(uuid, host_uuid)
         await self.change(uuid, "Stopped", release=True, last_host_uuid=host_uuid)
         spec = await self.spec_of(uuid, None)
         await self.node.hooks.network_services_release(spec)
@@ -511,12 +517,15 @@ class VmPart(Part):
             spec = await self.spec_of(uuid, await self.service.hosts.inventory(host_uuid))
             await self.instantiate(spec, host_uuid)
         except BaseException as exc:
-            state = None
+            # What the domain is now decides the VM's state. If the host cannot tell (libvirtd
+            # gone mid-reboot), the domain may still run: the VM is Unknown, keeping its host and
+            # capacity, until the VM sync sees the host again (Stopped here would leave a running
+            # guest behind a VM that claims none).
             try:
                 state = await self.service.hosts.run_on(host_uuid, lambda c: domain_state(c, uuid), "reading VM")
             except ZStackError:
-                pass
-            if state in ("Running", "Paused"):
+                state = "Unknown"
+            if state in ("Running", "Paused", "Unknown"):
                 await self.change(uuid, state)
             else:
                 await self.change(uuid, "Stopped", release=True, last_host_uuid=host_uuid)
@@ -589,6 +598,8 @@ class VmPart(Part):
                 await self.node.hooks.vm_failed_to_destroy(await self.inventory(uuid), error)
                 raise
             log.warning("VM %s: forced destroy could not reach its host: %s", uuid, exc)
+            if host_uuid is not None:
+                await self.domain_left(uuid, host_uuid)
         await self.change(uuid, "Destroyed", release=True, last_host_uuid=host_uuid or vm.last_host_uuid)
         if host_uuid is not None:
             await self.node.hooks.network_services_release(await self.spec_of(uuid, None))

@@ -80,8 +80,9 @@ class CreateOnHypervisorFlow(Flow):
     @staticmethod
     async def _remove_domain(data: dict[str, Any]) -> None:
         """Destroy and undefine the VM's domain, if any. When the host cannot be reached (libvirtd
-        died mid-create) ``data["kvm_domain_left"]`` is set, so the create's journal row is kept
-        and the VM sync removes the domain once the host lists it again; then this raises."""
+        died mid-create) ``data["kvm_domain_left"]`` is set to the host's UUID, so the create's
+        undo records it (``LeftDomainVO``) and the VM sync removes the domain once the host lists
+        it again; then this raises."""
         spec, host = data["spec"], data["spec"].destination_host
         if host is None:
             return
@@ -89,7 +90,7 @@ class CreateOnHypervisorFlow(Flow):
             await compute_of(data["node"]).hosts.run_on(host.uuid, lambda c: destroy_domain(c, spec.vm.uuid),
                                                         f"removing the domain of VM {spec.vm.uuid}")
         except ZStackError:
-            data["kvm_domain_left"] = True
+            data["kvm_domain_left"] = host.uuid  # the host's rollback clears destination_host
             raise
 
 

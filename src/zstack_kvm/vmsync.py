@@ -15,13 +15,12 @@ What a check changes (the database follows libvirt):
   domain is;
 * a stopped definition of a VM that no longer runs there is removed (a VM runs from a fresh
   definition at each start);
-* the domain of a create rolled back while its host was away (the rollback could not remove
-  it; the create's journal row says so) is removed once the host lists it again;
-* a domain running for a VM we have ``Stopped`` whose start failed while its host was
-  unreachable (the start was answered with an error, its rollback could not reach the host to
-  remove the domain, and QEMU had been launched; a journal row says so) is removed: the
-  rollback is finished. Any other running domain of a Stopped VM is left for people to look at
-  (``zstack check`` reports it as ``stray-domain``).
+* a domain an operation had to remove while its host was unreachable (a create or start
+  rolled back, a forced stop or destroy; QEMU may have been launched or run on; a
+  ``LeftDomainVO`` row says so) is removed once the host lists it again, unless the VM has
+  been placed on that host since: the operation is finished. Any other domain of no VM, or
+  running for a VM that is not placed there, is left for people to look at (``zstack check``
+  reports it as ``orphan-domain`` or ``stray-domain``).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from zstack_core import ZStackError
 
 from .configs import VM_SYNC_INTERVAL
 from .hypervisor import destroy_domain, domain_state, list_domain_states
-from .models import HostVO, VmCreatingVO, VmInstanceVO
+from .models import HostVO, LeftDomainVO, VmInstanceVO
 
 if TYPE_CHECKING:
     from .service import ComputeService
@@ -125,9 +124,9 @@ class VmStateSync:
                                                                        VmInstanceVO.host_uuid)
                                                    .where((VmInstanceVO.host_uuid == host_uuid)
                                                           | VmInstanceVO.uuid.in_(list(domains)))))
-        known = {row.uuid for row in rows}
-        if any(uuid not in known for uuid in domains):
-            await self._remove_domains_of_rolled_back_creates(host_uuid, [u for u in domains if u not in known])
+        left = await self.node.db.run(lambda: list(LeftDomainVO.select().where(LeftDomainVO.host_uuid == host_uuid)))
+        if left:
+            await asyncio.gather(*(self._remove_left_domain(row) for row in left))
         for row in rows:
             seen = domains.get(row.uuid)
             here = row.host_uuid == host_uuid
@@ -137,27 +136,32 @@ class VmStateSync:
                 continue
             await self.reconcile_vm(row.uuid, seen_on=None if here else host_uuid)
 
-    async def _remove_domains_of_rolled_back_creates(self, host_uuid: str, uuids: list[str]) -> None:
-        """Domains with no VM: those a create of ours made and could not remove when it rolled
-        back (the host was away) are named by a create journal row that outlived its VM. They
-        go now, and the row with them. Any other is left alone: not ours to touch (another
-        system's, or one the consistency checker reports as ``orphan-domain``)."""
-        def left_by_creates() -> list[str]:
-            journal = [r.vm_uuid for r in VmCreatingVO.select().where(VmCreatingVO.vm_uuid.in_(uuids))]
-            alive = {r.uuid for r in VmInstanceVO.select(VmInstanceVO.uuid).where(VmInstanceVO.uuid.in_(journal))}
-            return [u for u in journal if u not in alive]
+    async def _remove_left_domain(self, left: LeftDomainVO) -> None:
+        """Finish an operation that could not remove VM ``left.vm_uuid``'s domain on its host. In
+        the VM's queue, asking libvirt afresh (not the listing, which may predate the row), so it
+        never races an operation on the VM."""
+        vm_uuid, host_uuid = left.vm_uuid, left.host_uuid
+        hosts = self.service.hosts
 
-        for vm_uuid in await self.node.db.run(left_by_creates):
+        def forget() -> None:
+            LeftDomainVO.delete().where((LeftDomainVO.vm_uuid == vm_uuid)
+                                        & (LeftDomainVO.host_uuid == host_uuid)).execute()
+
+        async def work() -> None:
+            vm = await self.node.db.run(lambda: VmInstanceVO.get_or_none(VmInstanceVO.uuid == vm_uuid))
             try:
-                await self.service.hosts.run_on(host_uuid, lambda c, u=vm_uuid: destroy_domain(c, u),
-                                                f"removing the domain of rolled-back VM {vm_uuid}")
+                if vm is None or vm.host_uuid != host_uuid:  # else: placed there since, its own domain now
+                    if await hosts.run_on(host_uuid, lambda c: domain_state(c, vm_uuid), "reading a domain"):
+                        await hosts.run_on(host_uuid, lambda c: destroy_domain(c, vm_uuid),
+                                           f"removing the left domain of VM {vm_uuid}")
+                        log.warning("removed the domain of VM %s that an operation left on host %s while it "
+                                    "was unreachable", vm_uuid, host_uuid)
             except ZStackError as exc:
-                log.info("could not remove the domain of rolled-back VM %s yet: %s", vm_uuid, exc.error)
-                continue
-            log.warning("removed the domain of VM %s, whose create was rolled back while host %s was away",
-                        vm_uuid, host_uuid)
-            await self.node.db.run(lambda u=vm_uuid: VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == u)
-                                   .execute())
+                log.info("could not remove the left domain of VM %s yet: %s", vm_uuid, exc.error)
+                return
+            await self.node.db.run(forget)
+
+        await self.node.tasks.run(f"vm-{vm_uuid}", work)
 
     async def reconcile_vm(self, vm_uuid: str, pending: bool = False, seen_on: str | None = None) -> None:
         """Check one VM in its queue. ``seen_on``: a host (not the VM's) that lists its domain."""
@@ -173,23 +177,13 @@ class VmStateSync:
         vm = await self.node.db.run(lambda: VmInstanceVO.get_or_none(VmInstanceVO.uuid == vm_uuid))
         if vm is None:
             return
-        # Leftover domains on hosts the VM is not running on (its last host, usually): a stopped
-        # definition; or, for a VM that is Stopped, a running domain a failed start left.
+        # A stopped definition left on a host the VM is not running on (its last host, usually).
         for other in {vm.last_host_uuid, seen_on} - {None, vm.host_uuid}:
             lh = hosts.connections.get(other)
             if lh is not None and lh.is_open:
                 try:
-                    state = await hosts.run_on(other, lambda c: domain_state(c, vm_uuid), "reading a domain")
-                    left = state in ("Running", "Paused") and vm.state == "Stopped" and await self.node.db.run(
-                        lambda: VmCreatingVO.get_or_none(VmCreatingVO.vm_uuid == vm_uuid)) is not None
-                    if left:
-                        log.warning("VM %s is Stopped but its domain is %s on host %s (its start failed while "
-                                    "the host was unreachable): removing it", vm_uuid, state, other)
-                    if state == "Stopped" or left:
+                    if await hosts.run_on(other, lambda c: domain_state(c, vm_uuid), "reading a domain") == "Stopped":
                         await hosts.run_on(other, lambda c: destroy_domain(c, vm_uuid), "removing a stale domain")
-                    if left:
-                        await self.node.db.run(lambda: VmCreatingVO.delete()
-                                               .where(VmCreatingVO.vm_uuid == vm_uuid).execute())
                 except ZStackError:
                     pass
         host_uuid = vm.host_uuid

@@ -435,13 +435,13 @@ async def test_vm_destroyed_outside_is_seen_stopped(cloud: Cloud) -> None:
     assert (row.host_uuid, row.last_host_uuid) == (None, cloud.host.uuid)
 
 
-async def test_a_running_domain_of_a_stopped_vm_is_removed(cloud: Cloud) -> None:
+async def test_a_domain_left_while_its_host_was_unreachable_is_removed(cloud: Cloud) -> None:
     """What a start that failed while its host was unreachable leaves: the API answered with an
     error and the VM is Stopped, but QEMU had been launched, and the rollback could not reach the
-    host to remove it (it left a journal row). The sync finishes the rollback once it sees the
-    domain. (A running domain of a Stopped VM with no such row is left alone, for ``zstack
-    check`` to report as a stray domain.)"""
-    from zstack_kvm.models import VmCreatingVO
+    host to remove it (it left a ``LeftDomainVO`` row). The sync finishes the rollback once it
+    sees the domain. (A running domain of a Stopped VM with no such row is left alone, for
+    ``zstack check`` to report as a stray domain.)"""
+    from zstack_kvm.models import LeftDomainVO
 
     vm = await cloud.create_vm(memory=128 * MiB)
     await cloud.call("StopVmInstance", uuid=vm.uuid)
@@ -449,16 +449,92 @@ async def test_a_running_domain_of_a_stopped_vm_is_removed(cloud: Cloud) -> None
     assert await zstack_domains(cloud) == {}
     xml = (f"<domain type='test'><name>zstack-{vm.uuid}</name><uuid>{vm.uuid}</uuid>"
            "<memory>131072</memory><os><type>hvm</type></os></domain>")
-    await cloud.node.db.run(lambda: VmCreatingVO.insert(vm_uuid=vm.uuid).execute())  # as _undo_start writes it
+    await cloud.node.db.run(lambda: LeftDomainVO.insert(vm_uuid=vm.uuid, host_uuid=cloud.host.uuid).execute())
     await run_on_host(cloud, lambda c: c.createXML(xml, 0))  # running, as the failed start left it
     await cloud.node.configs.update("kvm", "vm.syncInterval", 0.2)
-    async def finished() -> bool:
-        journal = await cloud.node.db.run(lambda: VmCreatingVO.select().count())
-        return journal == 0 and await _no_domains(cloud)
 
-    await wait_for(finished, what="the domain and its journal row removed")
+    async def finished() -> bool:
+        left = await cloud.node.db.run(lambda: LeftDomainVO.select().count())
+        return left == 0 and await _no_domains(cloud)
+
+    await wait_for(finished, what="the domain and its LeftDomainVO row removed")
     assert await _state_is(cloud, vm.uuid, "Stopped")
     assert await capacity(cloud) == (before_cpu, before_mem)  # nothing taken or given back twice
+
+
+async def test_a_left_domain_row_does_not_remove_the_vm_once_it_runs_there_again(cloud: Cloud) -> None:
+    """The row names a domain to remove on a host; if the VM has been started on that host since,
+    the domain there is its own: the row goes, the domain stays."""
+    from zstack_kvm.models import LeftDomainVO
+
+    vm = await cloud.create_vm(memory=128 * MiB)
+    await cloud.call("StopVmInstance", uuid=vm.uuid)
+    await cloud.node.db.run(lambda: LeftDomainVO.insert(vm_uuid=vm.uuid, host_uuid=cloud.host.uuid).execute())
+    await cloud.call("StartVmInstance", uuid=vm.uuid)
+    await cloud.node.configs.update("kvm", "vm.syncInterval", 0.2)
+    await wait_for(lambda: _no_left_rows(cloud), what="the LeftDomainVO row forgotten")
+    assert await _state_is(cloud, vm.uuid, "Running")
+    assert (await zstack_domains(cloud))["zstack-" + vm.uuid] == libvirt.VIR_DOMAIN_RUNNING
+
+
+async def _no_left_rows(cloud: Cloud) -> bool:
+    from zstack_kvm.models import LeftDomainVO
+
+    return await cloud.node.db.run(lambda: LeftDomainVO.select().count()) == 0
+
+
+def _host_unreachable(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every libvirt call of the node to the host fails as it does when libvirtd is gone."""
+    from zstack_kvm.errors import HostErrors
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise HostErrors.exc("1008", "libvirt: Cannot write data: Broken pipe")
+
+    monkeypatch.setattr(cloud.node.services["compute"].hosts, "run_on", unreachable)  # type: ignore[attr-defined]
+
+
+async def test_a_reboot_that_cannot_reach_the_host_leaves_the_vm_unknown(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reboot whose host stops answering cannot tell whether the guest still runs: the VM is
+    ``Unknown`` and keeps its host and capacity (``Stopped`` would hide a running guest, which
+    CI's libvirtd-kill test caught); once the host answers, the sync finds it Running."""
+    await cloud.node.configs.update("kvm", "vm.syncInterval", 3600.0)
+    vm = await cloud.create_vm(memory=128 * MiB)
+    held = await capacity(cloud)
+    _host_unreachable(cloud, monkeypatch)
+    await expect_error("HOST.1008", cloud.call("RebootVmInstance", uuid=vm.uuid))
+    row = await cloud.vm(vm.uuid)
+    assert (row.state, row.host_uuid) == ("Unknown", cloud.host.uuid)
+    assert await capacity(cloud) == held
+    monkeypatch.undo()
+    await cloud.node.configs.update("kvm", "vm.syncInterval", 0.2)
+    await wait_for(lambda: _state_is(cloud, vm.uuid, "Running"), what="Running again")
+    assert await capacity(cloud) == held
+
+
+async def test_a_forced_stop_that_cannot_reach_the_host_leaves_no_domain(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forced stop (a host deleted, a cascade) gives the capacity back even when the host cannot
+    be reached; the domain it could not power off is removed once the host answers."""
+    from zstack_kvm.models import LeftDomainVO
+
+    await cloud.node.configs.update("kvm", "vm.syncInterval", 3600.0)
+    full = await capacity(cloud)
+    vm = await cloud.create_vm(memory=128 * MiB)
+    _host_unreachable(cloud, monkeypatch)
+    compute: Any = cloud.node.services["compute"]
+    await cloud.node.tasks.run(f"vm-{vm.uuid}", lambda: compute.vms.stop(vm.uuid, graceful=False, force=True))
+    monkeypatch.undo()
+    assert await _state_is(cloud, vm.uuid, "Stopped") and await capacity(cloud) == full
+    assert "zstack-" + vm.uuid in await zstack_domains(cloud)  # still running there
+    assert await cloud.node.db.run(lambda: LeftDomainVO.select().count()) == 1
+    await cloud.node.configs.update("kvm", "vm.syncInterval", 0.2)
+
+    async def finished() -> bool:
+        return await _no_left_rows(cloud) and await _no_domains(cloud)
+
+    await wait_for(finished, what="the domain the forced stop left removed")
+    assert await _state_is(cloud, vm.uuid, "Stopped") and await capacity(cloud) == full
 
 
 async def _no_domains(cloud: Cloud) -> bool:

@@ -570,8 +570,8 @@ def test_listing_domains_skips_a_domain_destroyed_meanwhile(tmp_path: Path) -> N
 async def test_a_create_rolled_back_while_its_host_is_away_leaves_no_domain(tmp_path: Path) -> None:
     """A create fails after its domain was made, and the host's connection is gone at that
     moment (libvirtd died): the rollback cannot remove the domain. The VM is rolled back
-    anyway, but the create's journal row stays; once the host is back the VM sync removes the
-    domain and the row. Before, the domain was left on the host for good (the checker's
+    anyway, and a ``LeftDomainVO`` row names the domain; once the host is back the VM sync
+    removes the domain and the row. Before, the domain was left on the host for good (the checker's
     ``orphan-domain``), which the libvirtd test above found.
 
     On ``test:///default``: the test driver keeps that host's domains while any connection
@@ -583,7 +583,7 @@ async def test_a_create_rolled_back_while_its_host_is_away_leaves_no_domain(tmp_
     from zstack_core.header.flows import VmCreateFlows
     from zstack_kvm.errors import HostErrors
     from zstack_core.testing import EnvSpec, build_env
-    from zstack_kvm.models import VmCreatingVO
+    from zstack_kvm.models import LeftDomainVO, VmCreatingVO
     from zstack_kvm.service import compute_of
 
     class HostGoesAway(NoRollbackFlow):
@@ -618,12 +618,13 @@ async def test_a_create_rolled_back_while_its_host_is_away_leaves_no_domain(tmp_
         assert await node.query.find("VmInstance") == []
         left = [d.name() for d in mine.listAllDomains() if d.name() not in before]
         assert len(left) == 1 and left[0].startswith("zstack-")  # the rollback could not remove it
-        journal = await node.db.run(lambda: [r.vm_uuid for r in VmCreatingVO.select()])
-        assert journal == [left[0][len("zstack-"):]]
+        assert await node.db.run(lambda: VmCreatingVO.select().count()) == 0  # the create has ended
+        rows = await node.db.run(lambda: [(r.vm_uuid, r.host_uuid) for r in LeftDomainVO.select()])
+        assert rows == [(left[0][len("zstack-"):], env.host.uuid)]
 
         deadline = time.monotonic() + 30
         while left[0] in {d.name() for d in mine.listAllDomains()} or \
-                await node.db.run(lambda: VmCreatingVO.select().count()):
+                await node.db.run(lambda: LeftDomainVO.select().count()):
             assert time.monotonic() < deadline, "the domain of the rolled-back create is still there"
             await asyncio.sleep(0.1)
         host = (await node.query.find("Host"))[0]
