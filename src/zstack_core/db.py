@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,7 @@ __all__ = [
     "ResourceModel",
     "SchemaError",
     "database_proxy",
+    "is_conflict",
     "new_uuid",
     "upsert",
     "utcnow",
@@ -54,6 +57,34 @@ T = TypeVar("T")
 
 database_proxy = peewee.DatabaseProxy()
 """Every model's ``Meta.database``; bound to the node's database when it starts."""
+
+
+CONFLICT_RETRIES = 5
+"""How many times :meth:`Database.atomic` runs a transaction again after the server aborted it
+as a deadlock victim or a serialization failure, before the error reaches the caller."""
+
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_CONFLICT_MYSQL_ERRORS = frozenset({1213})  # ER_LOCK_DEADLOCK ("try restarting transaction")
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """The server aborted the transaction because it conflicted with another one and says to
+    run it again: MySQL/MariaDB's deadlock (1213), PostgreSQL's deadlock (40P01) and
+    serialization failure (40001). peewee wraps the driver's exception as its first argument.
+    A lost connection, a lock timeout or a constraint is not a conflict."""
+    if not isinstance(exc, peewee.OperationalError):
+        return False
+    for orig in (getattr(exc, "orig", None), *exc.args[:1], exc.__cause__, exc.__context__):
+        if not isinstance(orig, Exception):
+            continue
+        code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+        if code in _CONFLICT_SQLSTATES:
+            return True
+        if code is None and type(orig).__name__ in ("DeadlockDetected", "SerializationFailure"):
+            return True  # psycopg2's classes for those codes (pgcode is set only by the server)
+        if type(orig).__module__.startswith("pymysql") and orig.args and orig.args[0] in _CONFLICT_MYSQL_ERRORS:
+            return True
+    return False
 
 
 def new_uuid() -> str:
@@ -205,6 +236,8 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zstack-db")
         self._local = threading.local()  # per worker: the generation its connection was opened in
         self._generation = 0
+        self.conflicts_retried = 0
+        """Transactions run again after a conflict (see :meth:`atomic`), since start-up."""
 
     # -- running work off the loop ------------------------------------------------------------
 
@@ -240,8 +273,8 @@ class Database:
             self._local.generation = self._generation
         try:
             return fn(*args)
-        except (peewee.OperationalError, peewee.InterfaceError):
-            if not self.is_sqlite and not self.db.in_transaction():
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            if not self.is_sqlite and not self.db.in_transaction() and not is_conflict(exc):
                 self._generation += 1
                 self._drop_connection()
             raise
@@ -253,11 +286,29 @@ class Database:
             self.db._state.reset()
 
     async def atomic(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in one transaction in a database thread."""
+        """Run ``fn(*args)`` in one transaction in a database thread.
+
+        A transaction the server aborts as a deadlock victim or a serialization failure
+        (:func:`is_conflict`) runs again, up to :data:`CONFLICT_RETRIES` times after short
+        random pauses, as ZStack's ``@DeadlockAutoRestart`` does: the server rolled all of it
+        back, so ``fn`` must only write through the database (or be safe to repeat)."""
 
         def tx() -> T:
-            with self.db.atomic():
-                return fn(*args)
+            if self.db.in_transaction():  # nested: the outer transaction is the one to run again
+                with self.db.atomic():
+                    return fn(*args)
+            for attempt in range(CONFLICT_RETRIES + 1):
+                try:
+                    with self.db.atomic():
+                        return fn(*args)
+                except peewee.OperationalError as exc:
+                    if attempt == CONFLICT_RETRIES or not is_conflict(exc):
+                        raise
+                    self.conflicts_retried += 1
+                    log.debug("transaction %s conflicted with another (%s); running it again",
+                              getattr(fn, "__qualname__", fn), exc)
+                    time.sleep(random.uniform(0.001, 0.01) * (2 ** attempt))
+            raise AssertionError("unreachable")
 
         return await self.run(tx)
 
