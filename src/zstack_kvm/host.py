@@ -305,10 +305,16 @@ class HostPart(Part):
 
     def _on_close(self, uuid: str, reason: int) -> None:
         """libvirt closed the connection (daemon died, keepalive timed out): act now."""
-        self._spawn(self.lost(uuid, HostErrors.error("1001", f"libvirt closed the connection (reason {reason})")))
+        lh = self.connections.get(uuid)
+        self._spawn(self.lost(uuid, HostErrors.error("1001", f"libvirt closed the connection (reason {reason})"),
+                              generation=lh.generation if lh is not None else None))
 
-    async def lost(self, uuid: str, reason: ErrorCode) -> None:
-        """Mark a Connected host Disconnected, its VMs Unknown, and tell the plugins."""
+    async def lost(self, uuid: str, reason: ErrorCode, generation: int | None = None) -> None:
+        """Mark a Connected host Disconnected, its VMs Unknown, and tell the plugins.
+
+        ``generation``: the connection the failure was seen on (:attr:`LibvirtHost.generation`).
+        If a newer one has been opened since (a reconnect that raced the failed ping), the
+        failure is old news and the host stays as the reconnect left it."""
         if not self.node.cluster.owns(uuid):
             # Another node manages this host (its status, its VMs); only our connection broke.
             lh = self.connections.get(uuid)
@@ -318,8 +324,14 @@ class HostPart(Part):
         row = await self.db(lambda: HostVO.get_or_none(HostVO.uuid == uuid))
         if row is None or row.status != "Connected":
             return
-        changed = await self.db(lambda: HostVO.update(status="Disconnected")
-                                .where((HostVO.uuid == uuid) & (HostVO.status == "Connected")).execute())
+        def mark() -> int:
+            current = self.connections.get(uuid)
+            if generation is not None and current is not None and current.generation != generation:
+                return 0  # checked here, in the database thread, so a reconnect cannot slip in after it
+            return int(HostVO.update(status="Disconnected")
+                       .where((HostVO.uuid == uuid) & (HostVO.status == "Connected")).execute())
+
+        changed = await self.db(mark)
         if not changed:
             return
         log.warning("host %s (%s) disconnected: %s", uuid, row.management_url, reason)
@@ -393,6 +405,7 @@ class HostPart(Part):
 
     async def ping(self, uuid: str, timeout: float) -> None:
         lh = self.connections.get(uuid)
+        generation = lh.generation if lh is not None else None
         try:
             if lh is None or not lh.is_open:
                 raise HostErrors.exc("1001", "no open libvirt connection")
@@ -400,7 +413,7 @@ class HostPart(Part):
             await lh.ping(timeout)
             await self.node.hooks.host_ping(await self.inventory(uuid))
         except ZStackError as exc:
-            await self.lost(uuid, exc.error)
+            await self.lost(uuid, exc.error, generation)
 
     # -- HostRunMsg ---------------------------------------------------------------------------
 

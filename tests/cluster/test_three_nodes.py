@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.server
-import ipaddress
 import os
 import shutil
 import signal
@@ -352,7 +351,9 @@ class TestThreeNodeCluster:
             wait_for(lambda n=heir, said=said: said in n.log(), 10, f"{heir.name} takes over host {host}")
             wait_for(lambda h=host, n=heir: n.log().count(f"host {h} (") >= 1, 10, f"{heir.name} reconnects {host}")
         hosts = three.client(a).call("QueryHost")
-        assert {h["uuid"]: h["status"] for h in hosts if h["uuid"] in three.hosts} == dict.fromkeys(three.hosts, "Connected")
+        statuses = {h["uuid"]: h["status"] for h in hosts if h["uuid"] in three.hosts}
+        assert statuses == dict.fromkeys(three.hosts, "Connected"), "\n".join(
+            [f"{statuses}; c's hosts {c_hosts}"] + [f"--- {n.name}:\n{n.log()[-6000:]}" for n in (a, b)])
         print(f"kill -9 at {killed_at:.1f}: {len(c_hosts)} hosts of c reconnected by a and b")
 
     def test_6_the_killed_node_rejoins_and_takes_its_resources_back(self, three: ThreeNodes) -> None:
