@@ -3,7 +3,10 @@
 * ``kvm.domains``: on every connected host this node manages, each ``zstack-`` domain belongs
   to a VM row placed on that host, and each VM the database has Running or Paused there has a
   domain in that state. A VM left in a transitional state (``Starting``, ``Stopping``...) with
-  no operation running on it is reported too: it is work a crash interrupted.
+  no operation running on it is reported too: it is work a crash interrupted. A domain an
+  operation could not remove while its host was unreachable (a ``vm_left_domain`` row) is
+  reported as ``left-domain``: known, and removed by the VM sync within one
+  ``kvm/vm.syncInterval`` of the host answering again.
 * ``kvm.capacity``: on every host, ``available = total - reserved - (VMs placed there)`` for
   CPUs and memory (the invariant of :mod:`.allocator`); a VM holds a host exactly while it is in
   a state that has a domain.
@@ -17,7 +20,7 @@ from typing import Any
 from zstack_core.check import CheckContext, ConsistencyCheck, Finding
 
 from .hypervisor import list_domain_states
-from .models import HostVO, VmInstanceVO
+from .models import HostVO, LeftDomainVO, VmInstanceVO
 from .vm import ON_HOST, TRANSITIONAL
 
 __all__ = ["CHECKS", "DomainCheck", "HostCapacityCheck"]
@@ -38,6 +41,7 @@ class DomainCheck(ConsistencyCheck):
     async def run(self, ctx: CheckContext) -> Iterable[Finding]:
         out: list[Finding] = []
         vms = await ctx.db(_vm_rows)
+        left = set(await ctx.db(lambda: [(r.vm_uuid, r.host_uuid) for r in LeftDomainVO.select()]))
         host_uuids = {h.uuid for h in await ctx.hosts()}
         for vm in vms.values():
             if ctx.busy(f"vm-{vm.uuid}"):
@@ -54,7 +58,11 @@ class DomainCheck(ConsistencyCheck):
                 vm = vms.get(dom_uuid)
                 if vm is not None and ctx.busy(f"vm-{vm.uuid}"):
                     continue
-                if vm is None:
+                if (dom_uuid, host.uuid) in left and (vm is None or vm.host_uuid != host.uuid):
+                    out.append(self.finding("left-domain", "VmInstance", dom_uuid,
+                                            f"domain is {dom_state}; an operation could not remove it while the "
+                                            "host was unreachable, and the VM sync will", host.uuid))
+                elif vm is None:
                     out.append(self.finding("orphan-domain", "VmInstance", dom_uuid,
                                             f"domain zstack-… is {dom_state} but no VM instance has this UUID",
                                             host.uuid))

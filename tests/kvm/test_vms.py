@@ -12,6 +12,7 @@ import libvirt
 import pytest
 
 from zstack_core import Flow, FlowContribution, ManagementNode, ZStackError, hookimpl
+from zstack_core.check import check
 from zstack_core.header import DiskTO, NicTO, VmCreateFlows, VmReleaseFlows, VolumeInventory
 from zstack_core.header.messages import HostRunMsg, VmAttachDiskMsg, VmAttachNicMsg, VmDetachDiskMsg
 from zstack_kvm.domain import Domain
@@ -528,6 +529,8 @@ async def test_a_forced_stop_that_cannot_reach_the_host_leaves_no_domain(
     assert await _state_is(cloud, vm.uuid, "Stopped") and await capacity(cloud) == full
     assert "zstack-" + vm.uuid in await zstack_domains(cloud)  # still running there
     assert await cloud.node.db.run(lambda: LeftDomainVO.select().count()) == 1
+    report = await check(cloud.node)  # the checker knows it is on its way out
+    assert [(f.kind, f.resource_uuid) for f in report.findings] == [("left-domain", vm.uuid)]
     await cloud.node.configs.update("kvm", "vm.syncInterval", 0.2)
 
     async def finished() -> bool:
@@ -535,6 +538,7 @@ async def test_a_forced_stop_that_cannot_reach_the_host_leaves_no_domain(
 
     await wait_for(finished, what="the domain the forced stop left removed")
     assert await _state_is(cloud, vm.uuid, "Stopped") and await capacity(cloud) == full
+    assert (await check(cloud.node)).ok
 
 
 async def _no_domains(cloud: Cloud) -> bool:
