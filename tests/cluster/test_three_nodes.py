@@ -273,6 +273,21 @@ class TestThreeNodeCluster:
                                                    url=url)["inventory"]
                 assert host["status"] == "Connected"
                 three.hosts.append(host["uuid"])
+        # Steps 5 and 6 are about what c owns: UUIDs are random, and c owns none of six hosts
+        # about one time in eleven (none of three zones one in three), so add more until it does.
+        ring, c = HashRing(three.uuids()), three.nodes[2]
+        for extra in range(40):
+            if any(ring.owner_of(z) == c.uuid for z in three.zones):
+                break
+            three.zones.append(three.client(a).call("CreateZone", name=f"zone-extra-{extra}")["inventory"]["uuid"])
+        for extra in range(40):
+            if any(ring.owner_of(h) == c.uuid for h in three.hosts):
+                break
+            url = driver_xml(three.base / f"host-extra-{extra}.xml")
+            three.hosts.append(three.client(b).call("AddKVMHost", name=f"host-extra-{extra}",
+                                                    cluster_uuid=three.clusters[0], url=url)["inventory"]["uuid"])
+        assert any(ring.owner_of(z) == c.uuid for z in three.zones)
+        assert any(ring.owner_of(h) == c.uuid for h in three.hosts)
         for node in three.nodes:  # every node sees what every other created
             zones = three.client(node).call("QueryZone")
             assert {z["uuid"] for z in zones} >= set(three.zones)
@@ -315,6 +330,7 @@ class TestThreeNodeCluster:
         three_ring = HashRing(three.uuids())
         two_ring = HashRing(three.uuids([a, b]))
         c_hosts = [h for h in three.hosts if three_ring.owner_of(h) == c.uuid]
+        assert c_hosts  # step 2 made sure
         slow = SlowImageServer()
         try:
             r = three.client(c).request("POST", "/v1/images", body={"params": {
