@@ -97,6 +97,10 @@ class HostPart(Part):
         (``node.cluster.owns``). A host owned but not yet managed has just come to this node."""
         self.wake = asyncio.Event()
         """Set to run a tracker pass now (a host was lost, ``kvm/host.pingInterval`` changed)."""
+        self._removing: set[str] = set()
+        """Hosts being deleted (from when their connection is dropped) or deleted: the tracker
+        leaves them alone. A pass that read the host before it was deleted would otherwise
+        report it lost and open a new connection entry for it, left behind for good."""
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -315,6 +319,8 @@ class HostPart(Part):
         ``generation``: the connection the failure was seen on (:attr:`LibvirtHost.generation`).
         If a newer one has been opened since (a reconnect that raced the failed ping), the
         failure is old news and the host stays as the reconnect left it."""
+        if uuid in self._removing:
+            return  # its connection was dropped because it is being deleted
         if not self.node.cluster.owns(uuid):
             # Another node manages this host (its status, its VMs); only our connection broke.
             lh = self.connections.get(uuid)
@@ -367,6 +373,8 @@ class HostPart(Part):
         work = []
         cluster = self.node.cluster
         for row in rows:
+            if row.uuid in self._removing:
+                continue
             self._ensure(row.uuid, row.management_url)
             owner, previous = cluster.owner_of(row.uuid), self._owners.get(row.uuid)
             self._owners[row.uuid] = owner
@@ -514,10 +522,15 @@ class HostPart(Part):
             if mode != "force":
                 await self.node.hooks.host_before_delete(inv)
             await run_cascade(self.service, "Host", uuid, mode)
-            lh = self.connections.pop(uuid, None)
-            if lh is not None:
-                await lh.shutdown()
-            await self.atomic(self._remove_sync, uuid)
+            self._removing.add(uuid)
+            try:
+                lh = self.connections.pop(uuid, None)
+                if lh is not None:
+                    await lh.shutdown()
+                await self.atomic(self._remove_sync, uuid)
+            except BaseException:
+                self._removing.discard(uuid)  # still there: the tracker looks after it again
+                raise
             self._failures.pop(uuid, None)
             self._next_attempt.pop(uuid, None)
             await self.node.hooks.host_after_delete(inv)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from zstack_core import ManagementNode, ZStackError
@@ -91,6 +94,31 @@ async def test_instance_offering_crud_and_bad_input(node: ManagementNode) -> Non
     assert offering.state == "Disabled"
     await node.api_call("DeleteInstanceOffering", uuid=offering.uuid)
     await expect_error("VM.1003", node.api_call("DeleteInstanceOffering", uuid=offering.uuid))
+
+
+async def test_a_tracker_pass_during_a_host_delete_leaves_it_alone(cloud: Cloud, monkeypatch: Any) -> None:
+    """A ping pass that runs while a host is being deleted (its connection already dropped, its
+    row not yet gone) neither reports it lost nor opens a connection entry for it again, which
+    stayed behind after the delete. Seen once under load: the pass had read the host's row
+    just before the delete."""
+    compute: Any = cloud.node.services["compute"]
+    hosts = compute.hosts
+    original = hosts.atomic
+    passes = []
+
+    async def atomic(fn: Any, *args: Any) -> Any:
+        if getattr(fn, "__name__", "") == "_remove_sync":
+            await hosts.ping_all(1.0)  # between dropping the connection and removing the row
+            passes.append(args)
+        return await original(fn, *args)
+
+    monkeypatch.setattr(hosts, "atomic", atomic)
+    lost = []
+    monkeypatch.setattr(compute.vms, "host_lost", lambda uuid: lost.append(uuid) or asyncio.sleep(0))
+    await cloud.call("DeleteHost", uuid=cloud.host.uuid)
+    assert passes == [(cloud.host.uuid,)] and lost == []
+    assert cloud.host.uuid not in hosts.connections
+    assert await cloud.node.query.find("Host") == []
 
 
 async def test_zone_delete_cascades_to_clusters_hosts_and_vms(cloud: Cloud) -> None:
