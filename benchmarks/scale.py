@@ -58,6 +58,10 @@ INPROC_CALLERS = {"in-process": 0, "in-process/100": 100}
 every job; 100 is ZStack's 100 threads: 100 callers each awaiting one ``node.api.call`` after
 another."""
 MODES = ("in-process", "in-process/100", "http")
+HTTP_HOLDS = {"http": 10.0, "http/polled": 0.0}
+"""HTTP modes -> how long the node holds each job poll (the SDK's ``job_hold``). ``http/polled``
+is the baseline for held polls: each client asks every 0.1 s, as the SDK did before them (not
+in the default modes; ``--scale-mode http/polled``)."""
 FULL_NS = (1, 10, 100, 1000, 10000)
 QUICK_NS = (1, 10, 100)
 HTTP_THREADS = 100
@@ -231,7 +235,7 @@ class NodeProcess:
         self.log.close()
 
 
-def http_run(n: int, work: Path, deadline: float) -> dict[str, Any]:
+def http_run(n: int, work: Path, deadline: float, hold: float = HTTP_HOLDS["http"]) -> dict[str, Any]:
     from zstack_core.sdk import Client
 
     host_url, image_path = prepare(work)
@@ -258,7 +262,8 @@ def http_run(n: int, work: Path, deadline: float) -> dict[str, Any]:
         def client() -> Client:
             c = getattr(local, "client", None)
             if c is None:
-                c = local.client = Client(node.url, admin.session_uuid, timeout=600, poll_interval=0.1)
+                c = local.client = Client(node.url, admin.session_uuid, timeout=600, poll_interval=0.1,
+                                          job_hold=hold)
                 c._apis = admin.apis()  # one /v1/apis fetch, shared
                 with lock:
                     clients.append(c)
@@ -409,7 +414,7 @@ def run(quick: bool, budget: float = 1800.0, modes: Sequence[str] = MODES,
                 else:
                     deadline = time.monotonic() + budget
                     try:
-                        result = http_run(n, work, deadline)
+                        result = http_run(n, work, deadline, HTTP_HOLDS[mode])
                     except Exception as exc:  # noqa: BLE001 - reported as the row's note
                         result = {"n": n, "killed": f"{type(exc).__name__}: {exc}"}
                 results.append(result)

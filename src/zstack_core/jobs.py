@@ -109,6 +109,7 @@ class DatabaseJobStore(JobStore):
             self._finished[job.id] = job
             while len(self._finished) > self.FINISHED_KEPT:
                 self._finished.pop(next(iter(self._finished)))
+            self._ended(job.id)  # written first: a poll woken by it reads the outcome anywhere
 
     async def get(self, job_id: str) -> ApiJob | None:
         live = self._jobs.get(job_id) or self._finished.get(job_id)

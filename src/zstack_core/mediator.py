@@ -9,6 +9,7 @@ interceptors, any of which may refuse it, and is then sent over the bus to its s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -50,12 +51,43 @@ class JobStore:
 
     def __init__(self) -> None:
         self._jobs: dict[str, ApiJob] = {}
+        self._waiters: dict[str, asyncio.Event] = {}
 
     async def create(self, job: ApiJob) -> None:
         self._jobs[job.id] = job
 
     async def update(self, job: ApiJob) -> None:
         self._jobs[job.id] = job
+        if job.state != "Running":
+            self._ended(job.id)
+
+    async def wait(self, job_id: str, timeout: float) -> bool:
+        """Until job ``job_id`` has finished, at most ``timeout`` seconds: what a poll that holds
+        (``GET /v1/api-jobs/{id}?waitSeconds=N``) and :meth:`ApiMediator.wait_job` wait on,
+        instead of asking again and again. False at once when the job is not running on this
+        node (finished, another node's, unknown): the caller reads it, or polls."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state != "Running":
+            return False
+        event = self._waiters.get(job_id)
+        if event is None:
+            event = self._waiters[job_id] = asyncio.Event()
+        if timeout > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        return True
+
+    def _ended(self, job_id: str) -> None:
+        event = self._waiters.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def wake_all(self) -> None:
+        """Every :meth:`wait` returns now (the node is stopping: held polls answer at once
+        rather than hold up the HTTP server's shutdown)."""
+        waiters, self._waiters = self._waiters, {}
+        for event in waiters.values():
+            event.set()
 
     async def get(self, job_id: str) -> ApiJob | None:
         return self._jobs.get(job_id)
@@ -218,6 +250,8 @@ class ApiMediator:
             await self.jobs.update(job)
 
     async def wait_job(self, job_id: str, timeout: float = 60.0, poll: float = 0.02) -> ApiJob:
+        """The job once it has finished (``SYS.1001`` after ``timeout``). A job of this node is
+        waited on; one another node runs is read every ``poll`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             job = await self.jobs.get(job_id)
@@ -225,9 +259,11 @@ class ApiMediator:
                 raise SysErrors.exc("1009", f"no job {job_id}")
             if job.state != "Running":
                 return job
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise SysErrors.exc("1001", f"job {job_id} ({job.api_name}) still running after {timeout:g}s")
-            await asyncio.sleep(poll)
+            if not await self.jobs.wait(job_id, left):
+                await asyncio.sleep(poll)
 
     async def drain(self) -> None:
         if self._job_tasks:

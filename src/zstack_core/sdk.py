@@ -64,11 +64,16 @@ class Client:
     """A connection to one management node. Use as a context manager to log out on exit."""
 
     def __init__(self, url: str, session_uuid: str | None = None, *, timeout: float = 30.0,
-                 poll_interval: float = 0.2, session: requests.Session | None = None) -> None:
+                 poll_interval: float = 0.2, job_hold: float = 10.0,
+                 session: requests.Session | None = None) -> None:
+        """``timeout``: of each HTTP request. A long API's job is polled with the node holding
+        each poll up to ``job_hold`` seconds (at most half of ``timeout``) until the job ends;
+        ``poll_interval`` spaces the polls a node answers at once."""
         self.url = url.rstrip("/") + "/"
         self.session_uuid = session_uuid
         self.timeout = timeout
         self.poll_interval = poll_interval
+        self.job_hold = max(0.0, min(job_hold, timeout / 2))
         self.http = session or requests.Session()
         self._apis: dict[str, dict[str, Any]] | None = None
         self._logged_in_here = False
@@ -206,7 +211,13 @@ class Client:
         deadline = None if wait is None else time.monotonic() + wait
         last: int | None = None
         while True:
-            response = self.request("GET", f"/v1/api-jobs/{job_id}")
+            # The node holds the poll until the job ends (waitSeconds): an answer as soon as it
+            # is known. Shorter holds while someone watches the progress.
+            hold = 1.0 if progress is not None else self.job_hold
+            if deadline is not None:
+                hold = max(0.0, min(hold, deadline - time.monotonic()))
+            asked = time.monotonic()
+            response = self.request("GET", f"/v1/api-jobs/{job_id}", params={"waitSeconds": f"{hold:.3f}"})
             self._raise_for(response)
             if response.status_code != 202:
                 if progress is not None and last != 100:
@@ -219,7 +230,9 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise ZStackApiError(ErrorCode(code="SYS.1001", description="operation timeout",
                                                details=f"job {job_id} still running after {wait:g}s"), 504)
-            time.sleep(self.poll_interval)
+            # A node that did not hold the poll (the job runs on another node, or an older
+            # node): ask again after the poll interval.
+            time.sleep(max(0.0, self.poll_interval - (time.monotonic() - asked)))
 
     def query(self, resource: str, conditions: Iterable[Condition] | Mapping[str, Any] = (), *,
               limit: int | None = None, start: int | None = None, sort: str | None = None,

@@ -396,3 +396,29 @@ async def test_long_jobs_beyond_api_max_running_jobs_wait_their_turn_in_order(tr
         done = [await node.api.wait_job(j.id, timeout=10) for j in jobs]  # type: ignore[union-attr]
         assert [d.state for d in done] == ["Succeeded"] * 6
         assert trail.shipped == [f"item-{i}" for i in range(6)]  # in submission order
+
+
+async def test_a_job_wait_ends_with_the_job_or_when_the_node_stops() -> None:
+    """What held polls and ``wait_job`` wait on: the job's end, a timeout, or ``wake_all`` (the
+    HTTP server stopping); a job that is not running here is not waited for."""
+    from zstack_core.mediator import ApiJob, JobStore
+
+    store = JobStore()
+    job = ApiJob(id="j1", api_name="Build")
+    await store.create(job)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await store.wait("j1", 0.05) is True and loop.time() - began >= 0.04  # timed out
+    waiting = asyncio.ensure_future(store.wait("j1", 10))
+    await asyncio.sleep(0.01)
+    job.state = "Succeeded"
+    await store.update(job)
+    assert await asyncio.wait_for(waiting, 1) is True
+    assert await store.wait("j1", 10) is False  # finished: nothing to wait for
+    assert await store.wait("elsewhere", 10) is False  # not this node's
+    other = ApiJob(id="j2", api_name="Build")
+    await store.create(other)
+    waiting = asyncio.ensure_future(store.wait("j2", 10))
+    await asyncio.sleep(0.01)
+    store.wake_all()
+    assert await asyncio.wait_for(waiting, 1) is True and other.state == "Running"

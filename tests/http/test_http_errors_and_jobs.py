@@ -61,6 +61,52 @@ def test_failed_job_answers_the_error_with_its_cause_chain(server: Any) -> None:
     assert r.status_code == 403
 
 
+def test_a_held_poll_answers_when_the_job_ends(server: Any) -> None:
+    """``waitSeconds``: the node holds the poll until the job ends and answers with its outcome
+    at once, instead of the client asking every poll interval; a hold that runs out answers 202
+    as usual."""
+    s = server.admin_session
+    w = server.create_widget(s, name="held", size=1)
+    r = server.request("PUT", f"/v1/widgets/{w['uuid']}/actions", s,
+                       json={"buildWidget": {"steps": 6, "stepSeconds": 0.1}})
+    location = r.headers["Location"]
+    began = time.monotonic()
+    short = server.request("GET", location, s, params={"waitSeconds": "0.2"})
+    assert short.status_code == 202 and short.json()["state"] == "Running"
+    assert 0.15 <= time.monotonic() - began < 0.55  # held for its 0.2 s, the job still running
+    held = server.request("GET", location, s, params={"waitSeconds": "10"})
+    took = time.monotonic() - began
+    assert held.status_code == 200 and held.json()["inventory"]["size"] == 2
+    assert 0.5 <= took < 5  # answered when the 0.6 s job ended, not after 10 s
+    again = server.request("GET", location, s, params={"waitSeconds": "10"})  # finished: at once
+    assert again.status_code == 200 and again.json()["inventory"]["size"] == 2
+
+
+@pytest.mark.parametrize("value", ["-1", "31", "nan", "soon", "", "1e400"])
+def test_a_bad_wait_is_refused(server: Any, value: str) -> None:
+    s = server.admin_session
+    w = server.create_widget(s, name=f"bad-wait-{value}")
+    r = server.request("PUT", f"/v1/widgets/{w['uuid']}/actions", s, json={"buildWidget": {"steps": 1}})
+    bad = server.request("GET", r.headers["Location"], s, params={"waitSeconds": value})
+    expect(bad, 400, "SYS.1007", "waitSeconds")
+
+
+def test_the_sdk_waits_for_a_job_with_few_requests(server: Any) -> None:
+    """The SDK's ``call`` holds its polls: a 1 s job costs the POST and one or two polls, where
+    polling every 0.2 s took about five."""
+    from zstack_core.sdk import Client
+
+    polls = []
+    client = Client(server.url, server.admin_session)
+    client.http.hooks["response"].append(lambda r, *a, **k: polls.append(r.url) if "/api-jobs/" in r.url else None)
+    w = server.create_widget(server.admin_session, name="sdk-held", size=1)
+    began = time.monotonic()
+    out = client.call("BuildWidget", uuid=w["uuid"], steps=5, stepSeconds=0.2)
+    assert out["inventory"]["size"] == 2 and time.monotonic() - began < 5
+    assert 1 <= len(polls) <= 2, polls
+    client.http.close()
+
+
 def test_unknown_job(server: Any) -> None:
     r = server.request("GET", "/v1/api-jobs/" + "a" * 32, server.admin_session)
     assert r.status_code == 404 and r.json()["error"]["code"] == "SYS.1009"

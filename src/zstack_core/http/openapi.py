@@ -213,7 +213,12 @@ def _builtin_paths() -> dict[str, Any]:
         return op
 
     job = simple("GetApiJob", "the state of a long API's job; 202 while it runs, then its result or error", True)
-    job["parameters"] = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    job["parameters"] = [
+        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+        {"name": "waitSeconds", "in": "query", "required": False,
+         "description": "hold the poll until the job ends, at most this long (0-30 s)",
+         "schema": {"type": "number", "minimum": 0, "maximum": 30}},
+    ]
     job["responses"]["202"] = {"description": "still running",
                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiJob"}}}}
     job["responses"]["4XX"] = _error_response("no such job, no session, or another account's job")

@@ -68,6 +68,7 @@ class HttpServer:
         """Stop accepting connections and finish the ones in flight."""
         if self._loop_task is None:
             return
+        self.node.api.jobs.wake_all()  # held job polls answer now, not after the grace period
         self._server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
