@@ -34,28 +34,12 @@ from zstack_core.sdk import Client
 
 from .conftest import ADMIN_PASSWORD
 from .nodeproc import HttpConnection, NodeProcess
+from .virsh import virsh, zstack_domains
 
 
 VMS = 100
 KILL_WHEN_RUNNING = 35
 RUNNING_AT_ONCE = 10
-
-
-def virsh(uri: str, *args: str, check: bool = True) -> str:
-    result = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=120)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def zstack_domains(uri: str) -> dict[str, str]:
-    """Domain name -> state word of every ``zstack-`` domain on the host."""
-    out = {}
-    for line in virsh(uri, "list", "--all").splitlines()[2:]:
-        parts = line.split(None, 2)
-        if len(parts) == 3 and parts[1].startswith("zstack-"):
-            out[parts[1]] = parts[2].strip()
-    return out
 
 
 def domain_uuid(uri: str, name: str) -> str:

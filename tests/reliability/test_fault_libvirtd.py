@@ -55,6 +55,7 @@ from zstack_core.sdk import Client, ZStackApiError
 
 from .conftest import ADMIN_PASSWORD
 from .nodeproc import NodeProcess
+from .virsh import virsh, zstack_domains
 
 pytestmark = pytest.mark.libvirtd
 
@@ -119,21 +120,9 @@ def start_libvirtd(uri: str, old_pid: int | None, command: list[str]) -> None:
         time.sleep(0.1)
 
 
-def virsh(uri: str, *args: str, check: bool = True) -> str:
-    result = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=120)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def domain_states(uri: str) -> dict[str, str]:
     """VM uuid -> ``virsh list --all`` state of every ``zstack-`` domain."""
-    out = {}
-    for line in virsh(uri, "list", "--all").splitlines()[2:]:
-        parts = line.split(None, 2)
-        if len(parts) == 3 and parts[1].startswith("zstack-"):
-            out[parts[1][len("zstack-"):]] = parts[2].strip()
-    return out
+    return {name[len("zstack-"):]: state for name, state in zstack_domains(uri).items()}
 
 
 def domains_titled(uri: str, prefix: str) -> set[str]:
