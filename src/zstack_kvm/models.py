@@ -23,7 +23,7 @@ from zstack_core.header import (
 )
 
 __all__ = ["ClusterVO", "HostVO", "InstanceOfferingVO", "LeftDomainVO", "MODELS", "VmCreatingVO", "VmInstanceVO",
-           "ZoneVO"]
+           "ZoneVO", "remember_left_domain_sync"]
 
 
 class ZoneVO(ResourceModel):
@@ -148,6 +148,11 @@ class LeftDomainVO(BaseModel):
     class Meta:
         table_name = "vm_left_domain"
         indexes = ((("vm_uuid", "host_uuid"), True),)
+
+
+def remember_left_domain_sync(vm_uuid: str, host_uuid: str) -> None:
+    """Write the :class:`LeftDomainVO` row of VM ``vm_uuid``'s domain on ``host_uuid`` (once)."""
+    LeftDomainVO.insert(vm_uuid=vm_uuid, host_uuid=host_uuid).on_conflict_ignore().execute()
 
 
 MODELS: list[type[Any]] = [ZoneVO, ClusterVO, HostVO, InstanceOfferingVO, VmInstanceVO, VmCreatingVO, LeftDomainVO]

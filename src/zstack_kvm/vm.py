@@ -52,7 +52,7 @@ from .checks import cascade_mode, check_description, check_name
 from .configs import BOOT_ORDER, VM_CPU_MODE, VM_STOP_TIMEOUT
 from .errors import HostErrors, VmErrors
 from .hypervisor import build_domain, define_and_start, destroy_domain, domain_state, pause, request_shutdown, resume
-from .models import HostVO, InstanceOfferingVO, LeftDomainVO, VmCreatingVO, VmInstanceVO
+from .models import HostVO, InstanceOfferingVO, VmCreatingVO, VmInstanceVO, remember_left_domain_sync
 from .offering import check_vm_size
 from zstack_core.prepared import InsertRow, Prepared
 from .service import Part
@@ -321,7 +321,7 @@ class VmPart(Part):
         """After a failed create: every plugin releases what it prepared, and the VM is gone.
 
         ``left_on``: the host whose domain of the VM could not be removed (it was away); a
-        :class:`LeftDomainVO` row lets the VM sync remove it when the host lists it again."""
+        ``LeftDomainVO`` row lets the VM sync remove it when the host lists it again."""
         await self.node.hooks.vm_release_resource(spec, "rollback")
         uuid = spec.vm.uuid
         await self.service.allocator.release(uuid)  # the rollback did it; this makes sure
@@ -330,7 +330,7 @@ class VmPart(Part):
             VmInstanceVO.delete().where(VmInstanceVO.uuid == uuid).execute()
             VmCreatingVO.delete().where(VmCreatingVO.vm_uuid == uuid).execute()
             if left_on is not None:
-                LeftDomainVO.insert(vm_uuid=uuid, host_uuid=left_on).on_conflict_ignore().execute()
+                remember_left_domain_sync(uuid, left_on)
             forget_resource_sync(self.node, uuid)
 
         await self.atomic(remove)
@@ -445,8 +445,8 @@ class VmPart(Part):
 
     async def domain_left(self, uuid: str, host_uuid: str) -> None:
         """VM ``uuid``'s domain on ``host_uuid`` should be gone but the host could not be reached
-        to remove it: the VM sync removes it when the host lists it again (:class:`LeftDomainVO`)."""
-        await self.db(lambda: LeftDomainVO.insert(vm_uuid=uuid, host_uuid=host_uuid).on_conflict_ignore().execute())
+        to remove it: the VM sync removes it when the host lists it again (``LeftDomainVO``)."""
+        await self.db(remember_left_domain_sync, uuid, host_uuid)
 
     async def _strategy(self, vm: VmInstanceVO) -> str | None:
         if vm.instance_offering_uuid is None:

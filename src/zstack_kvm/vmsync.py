@@ -151,9 +151,8 @@ class VmStateSync:
             vm = await self.node.db.run(lambda: VmInstanceVO.get_or_none(VmInstanceVO.uuid == vm_uuid))
             try:
                 if vm is None or vm.host_uuid != host_uuid:  # else: placed there since, its own domain now
-                    if await hosts.run_on(host_uuid, lambda c: domain_state(c, vm_uuid), "reading a domain"):
-                        await hosts.run_on(host_uuid, lambda c: destroy_domain(c, vm_uuid),
-                                           f"removing the left domain of VM {vm_uuid}")
+                    if await hosts.run_on(host_uuid, lambda c: destroy_domain(c, vm_uuid),
+                                          f"removing the left domain of VM {vm_uuid}"):
                         log.warning("removed the domain of VM %s that an operation left on host %s while it "
                                     "was unreachable", vm_uuid, host_uuid)
             except ZStackError as exc:
