@@ -124,7 +124,10 @@ class HostPart(Part):
         """``fn(conn)`` on one of the host's worker threads (``serial``: the host's one thread
         for calls in order); libvirt failures become ``HOST.1008``."""
         lh = self.connections.get(host_uuid)
-        if (lh is None or not lh.is_open) and not self.node.cluster.owns(host_uuid):
+        if (lh is None or not lh.is_open) and host_uuid not in self._managed:
+            # Another node's host, or one that has just come to this node (added through another
+            # node, or its node left) and that the tracker has not taken over yet: open our own
+            # connection now rather than fail until the tracker's next pass.
             lh = await self.attach(host_uuid)
         else:
             lh = self.libvirt_host(host_uuid)
